@@ -1,0 +1,7 @@
+"""``python -m shelf_stream`` is ``shelf-stream``."""
+
+import sys
+
+from shelf_stream.cli import main
+
+sys.exit(main())

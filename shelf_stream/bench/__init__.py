@@ -1,0 +1,1 @@
+"""Benchmarks behind ``shelf-bench``: they print figures, they never assert timings."""

@@ -1,0 +1,299 @@
+"""Command line: ``shelf-stream serve|send|demo`` and ``shelf-bench``.
+
+The CLI is the only place that reads options and (through ``engine.models``) the
+environment; it builds the components' config dataclasses and passes them down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from shelf_stream import __version__
+from shelf_stream.errors import ConfigError, ShelfStreamError
+
+log = logging.getLogger("shelf_stream")
+
+
+# ----------------------------------------------------------------------- parsing
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 640x480, not {text!r}") from None
+    if width <= 0 or height <= 0 or width % 2 or height % 2:
+        raise argparse.ArgumentTypeError(f"size {text} must be positive and even (4:2:0)")
+    return width, height
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        help="ONNX model path (default: $SHELF_STREAM_MODEL, then the cache, then a "
+        "one-time download of YOLOX-Nano)",
+    )
+    group.add_argument(
+        "--backend",
+        default="onnxruntime",
+        help="detector backend: auto, onnxruntime, tensorrt, triton (default: onnxruntime)",
+    )
+    group.add_argument(
+        "--adapter", choices=["yolox", "ultralytics"], help="model format (default: detected)"
+    )
+    group.add_argument("--score-threshold", type=float, default=0.3)
+    group.add_argument("--threads", type=int, default=0, help="inference threads (0: runtime default)")
+
+
+def _add_stream_options(parser: argparse.ArgumentParser, *, default_duration: float | None) -> None:
+    group = parser.add_argument_group("stream")
+    group.add_argument("--size", type=parse_size, help="frame size WxH (default: the source's)")
+    group.add_argument("--fps", type=_positive_float, help="frame rate (default: the source's or 30)")
+    group.add_argument("--bitrate", type=_positive_int, default=1500, help="target kbit/s (default 1500)")
+    group.add_argument("--codec", choices=["hevc", "h264"], default="hevc")
+    group.add_argument("--encoder", help="libavcodec encoder, e.g. hevc_nvenc (default: libx265/libx264)")
+    group.add_argument("--preset", help="encoder preset (default: superfast)")
+    group.add_argument("--duration", type=_positive_float, default=default_duration, help="seconds to stream")
+    group.add_argument("--frames", type=_positive_int, help="stop after this many captured frames")
+    group.add_argument("--results", type=Path, help="write one JSON line per frame here")
+    group.add_argument("--save", type=Path, help="write an annotated MP4 here")
+    group.add_argument("--json", type=Path, help="write the final summary as JSON here")
+    group.add_argument("--no-status", action="store_true", help="no live status line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shelf-stream",
+        description="Stream a camera as H.265 to a detection server and get boxes back by pts.",
+    )
+    parser.add_argument("--version", action="version", version=f"shelf-stream {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the detection server")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--token", help="require this shared secret (or $SHELF_STREAM_TOKEN)")
+    serve.add_argument("--max-streams", type=_positive_int, default=32)
+    serve.add_argument(
+        "--max-frame-age-ms", type=_positive_float, default=500.0,
+        help="answer frames older than this as dropped instead of running them late",
+    )  # fmt: skip
+    _add_model_options(serve)
+
+    send = sub.add_parser("send", help="stream a camera, file or generated scene to a server")
+    send.add_argument("--url", default="ws://127.0.0.1:8765", help="server URL (ws://HOST:PORT)")
+    source = send.add_mutually_exclusive_group(required=True)
+    source.add_argument("--camera", help="capture device index or name (e.g. 0)")
+    source.add_argument("--input", type=Path, help="a video file")
+    source.add_argument("--source", choices=["scene", "testsrc"], help="generated footage")
+    send.add_argument("--loop", action="store_true", help="loop --input forever")
+    send.add_argument("--token", help="the server's shared secret (or $SHELF_STREAM_TOKEN)")
+    _add_stream_options(send, default_duration=None)
+
+    demo = sub.add_parser("demo", help="local end-to-end demo: server + client on generated footage")
+    _add_model_options(demo)
+    _add_stream_options(demo, default_duration=6.0)
+    return parser
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _engine_config(args: argparse.Namespace) -> Any:
+    from shelf_stream.engine import EngineConfig
+    from shelf_stream.engine.models import resolve_model
+
+    return EngineConfig(
+        model_path=resolve_model(args.model),
+        backend=args.backend,
+        adapter=args.adapter,
+        score_threshold=args.score_threshold,
+        intra_op_threads=args.threads,
+    )
+
+
+def _client_config(args: argparse.Namespace, url: str, source: Any, token: str | None) -> Any:
+    from shelf_stream.client.app import ClientConfig
+
+    width, height = args.size or (None, None)
+    return ClientConfig(
+        url=url,
+        source=source,
+        codec=args.codec,
+        encoder=args.encoder,
+        width=width,
+        height=height,
+        fps=args.fps,
+        bitrate_kbps=args.bitrate,
+        preset=args.preset,
+        token=token,
+        duration_s=args.duration,
+        max_frames=args.frames,
+        results_path=args.results,
+        save_path=args.save,
+        status=not args.no_status and sys.stderr.isatty(),
+    )
+
+
+def _source_spec(args: argparse.Namespace) -> Any:
+    from shelf_stream.client.sources import SourceSpec
+
+    width, height = args.size or (None, None)
+    if args.camera is not None:
+        return SourceSpec(kind="camera", camera=args.camera, width=width, height=height, fps=args.fps)
+    if args.input is not None:
+        return SourceSpec(kind="file", path=args.input, loop=args.loop)
+    return SourceSpec(kind=args.source, width=width or 640, height=height or 480, fps=args.fps or 30.0)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from shelf_stream.engine import create_detector
+    from shelf_stream.protocol import ServerLimits
+    from shelf_stream.server import ServerConfig, run_server
+    from shelf_stream.server.scheduler import SchedulerConfig
+
+    engine_config = _engine_config(args)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get("SHELF_STREAM_TOKEN") or None,
+        max_streams=args.max_streams,
+        limits=ServerLimits(),
+        scheduler=SchedulerConfig(max_frame_age_ms=args.max_frame_age_ms),
+    )
+    asyncio.run(run_server(config, lambda: create_detector(engine_config)))
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from shelf_stream.client.app import StreamClient
+    from shelf_stream.client.stats import format_summary
+
+    token = args.token or os.environ.get("SHELF_STREAM_TOKEN") or None
+    config = _client_config(args, args.url, _source_spec(args), token)
+    summary = _run_until_interrupted(StreamClient(config).run())
+    print(format_summary(summary))
+    _write_json(args.json, summary)
+    return 0 if summary["results"] else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shelf_stream.client.app import StreamClient
+    from shelf_stream.client.sources import SourceSpec
+    from shelf_stream.client.stats import format_summary
+    from shelf_stream.engine import create_detector
+    from shelf_stream.server import Server, ServerConfig
+
+    engine_config = _engine_config(args)
+    width, height = args.size or (640, 480)
+    source = SourceSpec(kind="scene", width=width, height=height, fps=args.fps or 30.0)
+    last_detections: list[Any] = []
+
+    def keep_last(record: Any) -> None:
+        if record.detections:
+            last_detections[:] = list(record.detections)
+
+    async def demo() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        detector = await loop.run_in_executor(None, create_detector, engine_config)
+        try:
+            async with Server(ServerConfig(host="127.0.0.1", port=0), detector) as server:
+                config = _client_config(args, f"ws://127.0.0.1:{server.port}", source, None)
+                client = StreamClient(config, on_record=keep_last)
+                return await client.run()
+        finally:
+            detector.close()
+
+    print(f"shelf-stream demo: {width}x{height} scene of real photos, {args.duration:g} s, {args.codec}")
+    summary = _run_until_interrupted(demo())
+    print(format_summary(summary))
+    if last_detections:
+        print("last detections (label, score, box x1 y1 x2 y2 in frame pixels):")
+        for d in last_detections:
+            print(f"  {d.label:<12} {d.score:.2f}  [{d.x1:.0f} {d.y1:.0f} {d.x2:.0f} {d.y2:.0f}]")
+    _write_json(args.json, summary)
+    return 0 if summary["results"] else 1
+
+
+def _run_until_interrupted(coro: Any) -> dict[str, Any]:
+    try:
+        return asyncio.run(coro)  # type: ignore[no-any-return]
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _write_json(path: Path | None, summary: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps({"summary": summary}, indent=2) + "\n")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    commands = {"serve": cmd_serve, "send": cmd_send, "demo": cmd_demo}
+    try:
+        return commands[args.command](args)
+    except ShelfStreamError as error:
+        # Our own errors carry the fix in their message: no traceback for the user.
+        print(f"shelf-stream: error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ConfigError) else 1
+
+
+# ------------------------------------------------------------------------- bench
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shelf-bench", description="shelf-stream benchmarks")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    loopback = sub.add_parser(
+        "loopback", help="server and client in two processes on loopback, generated footage"
+    )
+    _add_model_options(loopback)
+    _add_stream_options(loopback, default_duration=10.0)
+    loopback.add_argument("--source", choices=["scene", "testsrc"], default="scene")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        from shelf_stream.bench.loopback import run_loopback
+
+        summary = run_loopback(args)
+    except ShelfStreamError as error:
+        print(f"shelf-bench: error: {error}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(BrokenPipeError):
+        print(json.dumps(summary, indent=2))
+    return 0

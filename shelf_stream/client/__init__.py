@@ -1,0 +1,1 @@
+"""The client: capture, encode, send, receive results, and show them."""

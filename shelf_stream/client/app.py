@@ -1,0 +1,402 @@
+"""The streaming client: capture → encode → send, receive → match → sinks.
+
+Thread and task ownership:
+- capture thread: owns the source; publishes into a ``LatestSlot`` (size 1);
+- encoder thread: owns the encoder; takes from the slot, hands access units to the
+  event loop through ``send_queue`` (``send_queue_units`` deep; it blocks when full);
+- sender task: writes Video messages; websockets' ``write_limit`` keeps the socket's
+  own buffer small, so a slow link backs up into the slot (skips), not into buffers;
+- receiver task: parses answers and feeds the matcher, stats and sinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection as WebSocket
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from shelf_stream import __version__
+from shelf_stream import protocol as p
+from shelf_stream.client.capture import CapturedFrame, CaptureThread, LatestSlot
+from shelf_stream.client.matcher import FrameRecord, ResultMatcher
+from shelf_stream.client.sinks import AnnotatedVideoSink, JsonlSink
+from shelf_stream.client.sources import FrameSource, SourceSpec, open_source
+from shelf_stream.client.stats import StreamStats
+from shelf_stream.codec import get_encoder
+from shelf_stream.codec.base import EncodedFrame, Encoder, EncoderConfig
+from shelf_stream.errors import ConfigError, RemoteProtocolError, ShelfStreamError
+
+log = logging.getLogger("shelf_stream.client")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """Settings of ``shelf-stream send``.
+
+    ``width``/``height``/``fps`` of ``None`` take the source's own (rounded to even
+    sizes; 30 fps when the source has no rate). ``duration_s``/``max_frames`` of
+    ``None`` run until the source ends or the user interrupts.
+    """
+
+    url: str
+    source: SourceSpec
+    codec: str = "hevc"
+    encoder: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    bitrate_kbps: int = 1500
+    keyframe_interval_s: float = 2.0
+    preset: str | None = None
+    token: str | None = None
+    duration_s: float | None = None
+    max_frames: int | None = None
+    results_path: Path | None = None
+    save_path: Path | None = None
+    send_queue_units: int = 2
+    write_limit_bytes: int = 64 * 1024
+    answer_timeout_s: float = 5.0
+    connect_timeout_s: float = 10.0
+    status: bool = True
+
+
+@dataclass(slots=True)
+class _Unit:
+    """An encoded frame on its way to the socket."""
+
+    encoded: EncodedFrame
+    captured: CapturedFrame
+    encode_ms: float
+
+
+@dataclass(slots=True)
+class _Sinks:
+    jsonl: JsonlSink | None = None
+    video: AnnotatedVideoSink | None = None
+    extra: list[Callable[[FrameRecord], None]] = field(default_factory=list)
+
+
+class StreamClient:
+    """One streaming run from connect to summary."""
+
+    def __init__(self, config: ClientConfig, *, on_record: Callable[[FrameRecord], None] | None = None) -> None:
+        self.config = config
+        self.stats = StreamStats()
+        self.matcher = ResultMatcher()
+        self.ready: p.Ready | None = None
+        self._proto = p.ClientConnection()
+        self._sinks = _Sinks(extra=[on_record] if on_record else [])
+        self._keyframe_wanted = threading.Event()
+        self._seq = 0
+        self._status_printed = False
+
+    async def run(self) -> dict[str, Any]:
+        """Stream until the source ends, the duration passes or the task is cancelled."""
+        loop = asyncio.get_running_loop()
+        source = await loop.run_in_executor(None, open_source, self.config.source)
+        try:
+            encoder_config = self._encoder_config(source)
+            encoder = get_encoder(encoder_config)
+            try:
+                await self._stream(source, encoder, encoder_config)
+            finally:
+                encoder.close()
+        finally:
+            source.close()
+        return self.stats.summary()
+
+    def _encoder_config(self, source: FrameSource) -> EncoderConfig:
+        cfg = self.config
+        width = cfg.width or source.width
+        height = cfg.height or source.height
+        if not width or not height:
+            raise ConfigError("the source does not report its size; pass --size WxH")
+        fps = cfg.fps or source.fps or 30.0
+        return EncoderConfig(
+            codec=cfg.codec,
+            encoder=cfg.encoder,
+            width=width - width % 2,
+            height=height - height % 2,
+            fps=fps,
+            bitrate_kbps=cfg.bitrate_kbps,
+            keyframe_interval_s=cfg.keyframe_interval_s,
+            preset=cfg.preset,
+        )
+
+    async def _stream(self, source: FrameSource, encoder: Encoder, enc: EncoderConfig) -> None:
+        ws = await self._connect()
+        try:
+            await self._handshake(ws, enc)
+            self._open_sinks(enc.fps)
+            await self._run_pipeline(ws, source, encoder, enc)
+        finally:
+            await ws.close()
+            self._close_sinks()
+
+    async def _connect(self) -> WebSocket:
+        try:
+            return await connect(
+                self.config.url,
+                compression=None,
+                max_size=p.DEFAULT_MAX_MESSAGE_BYTES + p.HEADER.size,
+                write_limit=self.config.write_limit_bytes,
+                open_timeout=self.config.connect_timeout_s,
+                proxy=None,
+            )
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise ConfigError(f"cannot connect to {self.config.url}: {exc}") from exc
+
+    async def _handshake(self, ws: WebSocket, enc: EncoderConfig) -> None:
+        hello = p.Hello(
+            codec=enc.codec,
+            width=enc.width,
+            height=enc.height,
+            fps=enc.fps,
+            token=self.config.token,
+            client=f"shelf-stream/{__version__}",
+        )
+        await ws.send(self._proto.send(hello))
+        try:
+            message = await asyncio.wait_for(ws.recv(), self.config.connect_timeout_s)
+        except ConnectionClosed as exc:
+            raise ShelfStreamError(f"server closed the connection during the handshake: {exc}") from exc
+        self._proto.receive_message(message)
+        for event in self._proto.events_received():
+            if isinstance(event, p.Error):
+                raise ShelfStreamError(f"server refused the stream: {event.message}")
+            if isinstance(event, p.Ready):
+                self.ready = event
+        if self.ready is None:
+            raise ShelfStreamError("server did not answer the hello with ready")
+        log.info(
+            "connected to %s: model %s, streaming %s %dx%d @ %.3g fps, %d kbit/s",
+            self.config.url, self.ready.model, enc.codec, enc.width, enc.height, enc.fps,
+            enc.bitrate_kbps,
+        )  # fmt: skip
+
+    def _open_sinks(self, fps: float) -> None:
+        if self.config.results_path is not None:
+            self._sinks.jsonl = JsonlSink(self.config.results_path)
+        if self.config.save_path is not None:
+            self._sinks.video = AnnotatedVideoSink(self.config.save_path, fps=fps)
+
+    def _close_sinks(self) -> None:
+        if self._sinks.jsonl is not None:
+            self._sinks.jsonl.close()
+        if self._sinks.video is not None:
+            self._sinks.video.close()
+
+    async def _run_pipeline(
+        self, ws: WebSocket, source: FrameSource, encoder: Encoder, enc: EncoderConfig
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        send_queue: asyncio.Queue[_Unit | None] = asyncio.Queue(self.config.send_queue_units)
+        slot: LatestSlot[CapturedFrame] = LatestSlot()
+        capture = CaptureThread(
+            source,
+            slot,
+            fps=enc.fps,
+            max_frames=self.config.max_frames,
+            duration_s=self.config.duration_s,
+            on_skipped=lambda c: loop.call_soon_threadsafe(self._on_skipped, c),
+        )
+        stop_encoding = threading.Event()
+        encoder_thread = threading.Thread(
+            target=self._encode_loop,
+            args=(encoder, slot, send_queue, loop, stop_encoding),
+            name="encoder",
+            daemon=True,
+        )
+        receiver = asyncio.create_task(self._receive_loop(ws), name="receiver")
+        status = asyncio.create_task(self._status_loop(), name="status")
+        capture.start()
+        encoder_thread.start()
+        try:
+            await self._send_loop(ws, send_queue, receiver)
+            await ws.send(self._proto.send(p.Bye()))
+            await self._wait_answers(receiver)
+        finally:
+            capture.stop()
+            stop_encoding.set()
+            slot.close()
+            _drain(send_queue)
+            await loop.run_in_executor(None, capture.join)
+            await loop.run_in_executor(None, encoder_thread.join)
+            receiver.cancel()
+            status.cancel()
+            await asyncio.gather(receiver, status, return_exceptions=True)
+            for record in self.matcher.abandon():
+                self._emit(record)
+            self._end_status()
+        if capture.error is not None:
+            raise ShelfStreamError(f"capture failed: {capture.error}") from capture.error
+
+    def _encode_loop(
+        self,
+        encoder: Encoder,
+        slot: LatestSlot[CapturedFrame],
+        send_queue: asyncio.Queue[_Unit | None],
+        loop: asyncio.AbstractEventLoop,
+        stop: threading.Event,
+    ) -> None:
+        """Encoder thread: slot → access unit → send queue (blocking while it is full)."""
+        told_sender = False
+        try:
+            while not stop.is_set():
+                captured = slot.get(timeout=0.1)
+                if captured is None:
+                    if slot.closed:
+                        # The source ended: every unit is queued, then the end marker.
+                        told_sender = _put_blocking(send_queue, None, loop, stop)
+                        return
+                    continue
+                keyframe = self._keyframe_wanted.is_set()
+                self._keyframe_wanted.clear()
+                started = time.perf_counter()
+                encoded = encoder.encode(captured.frame, captured.pts, keyframe=keyframe)
+                unit = _Unit(encoded, captured, (time.perf_counter() - started) * 1000)
+                if not _put_blocking(send_queue, unit, loop, stop):
+                    return
+        except ShelfStreamError as exc:
+            log.error("encoder failed: %s", exc)
+        finally:
+            if not told_sender:
+                loop.call_soon_threadsafe(_put_end, send_queue)
+
+    async def _send_loop(
+        self, ws: WebSocket, send_queue: asyncio.Queue[_Unit | None], receiver: asyncio.Task[None]
+    ) -> None:
+        while (unit := await send_queue.get()) is not None:
+            if receiver.done():
+                return  # the server went away or refused us; the receiver says why
+            encoded = unit.encoded
+            message = self._proto.send(
+                p.Video(
+                    self._seq,
+                    encoded.pts,
+                    round(unit.captured.captured_at * 1_000_000),
+                    encoded.keyframe,
+                    encoded.data,
+                )
+            )
+            self._seq += 1
+            now = time.monotonic()
+            self.matcher.sent(
+                encoded.pts,
+                unit.captured.captured_at,
+                encode_ms=unit.encode_ms,
+                size_bytes=len(encoded.data),
+                keyframe=encoded.keyframe,
+                payload=unit.captured.frame if self.config.save_path else None,
+            )
+            self.stats.on_sent(now, len(encoded.data), encoded.keyframe)
+            await ws.send(message)
+
+    async def _wait_answers(self, receiver: asyncio.Task[None]) -> None:
+        """After Bye: wait until every sent pts is answered or the server closes."""
+        try:
+            await asyncio.wait_for(asyncio.shield(receiver), self.config.answer_timeout_s)
+        except TimeoutError:
+            log.warning("%d frames unanswered after %.0f s", len(self.matcher), self.config.answer_timeout_s)
+
+    async def _receive_loop(self, ws: WebSocket) -> None:
+        try:
+            async for message in ws:
+                self._proto.receive_message(message)
+                for event in self._proto.events_received():
+                    self._handle(event)
+        except ConnectionClosed as exc:
+            log.warning("connection lost: %s", exc)
+        except RemoteProtocolError as exc:
+            log.error("server broke the protocol: %s", exc)
+
+    def _handle(self, event: p.Event) -> None:
+        now = time.monotonic()
+        if isinstance(event, p.Result):
+            record = self.matcher.on_result(event, now)
+        elif isinstance(event, p.Dropped):
+            record = self.matcher.on_dropped(event, now)
+        elif isinstance(event, p.KeyframeRequest):
+            log.info("server asked for a keyframe (%s)", event.reason.name.lower())
+            self.stats.keyframe_requests += 1
+            self._keyframe_wanted.set()
+            return
+        elif isinstance(event, p.Error):
+            log.error("server error: %s", event.message)
+            return
+        else:
+            return
+        if record is not None:
+            self._emit(record)
+
+    def _on_skipped(self, captured: CapturedFrame) -> None:
+        self._emit(self.matcher.skipped(captured.pts, captured.captured_at))
+
+    def _emit(self, record: FrameRecord) -> None:
+        self.stats.on_record(time.monotonic(), record)
+        if self._sinks.jsonl is not None:
+            self._sinks.jsonl.write(record)
+        if self._sinks.video is not None and record.payload is not None:
+            self._sinks.video.write(record, record.payload)
+        for sink in self._sinks.extra:
+            sink(record)
+
+    async def _status_loop(self) -> None:
+        if not self.config.status:
+            return
+        while True:
+            await asyncio.sleep(0.5)
+            sys.stderr.write("\r" + self.stats.status_line() + "\033[K")
+            sys.stderr.flush()
+            self._status_printed = True
+
+    def _end_status(self) -> None:
+        if self._status_printed:
+            sys.stderr.write("\n")
+
+
+def _put_blocking(
+    send_queue: asyncio.Queue[_Unit | None],
+    item: _Unit | None,
+    loop: asyncio.AbstractEventLoop,
+    stop: threading.Event,
+) -> bool:
+    """From the encoder thread: wait for room in the sender's queue. False if stopped."""
+    future = asyncio.run_coroutine_threadsafe(send_queue.put(item), loop)
+    while not stop.is_set():
+        try:
+            future.result(timeout=0.1)
+            return True
+        except TimeoutError:
+            continue
+    future.cancel()
+    return False
+
+
+def _put_end(send_queue: asyncio.Queue[_Unit | None]) -> None:
+    """On abort: tell the sender to stop, making room if the queue is full."""
+    while True:
+        try:
+            send_queue.put_nowait(None)
+            return
+        except asyncio.QueueFull:
+            send_queue.get_nowait()  # only at shutdown, after the encoder stopped
+
+
+def _drain(send_queue: asyncio.Queue[_Unit | None]) -> None:
+    while not send_queue.empty():
+        send_queue.get_nowait()
+
+
+async def run_client(config: ClientConfig) -> dict[str, Any]:
+    return await StreamClient(config).run()

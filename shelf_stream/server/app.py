@@ -1,0 +1,113 @@
+"""The WebSocket server: accepts streams, owns the detector and the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection as WebSocket
+from websockets.asyncio.server import serve
+
+from shelf_stream import protocol as p
+from shelf_stream.engine.base import Detector
+from shelf_stream.server.config import ServerConfig
+from shelf_stream.server.scheduler import InferenceScheduler
+from shelf_stream.server.session import Session
+
+log = logging.getLogger("shelf_stream.server")
+
+
+class Server:
+    """Serves detection streams with one shared detector.
+
+    ``async with Server(config, detector) as server:`` starts listening (``server.port``
+    is the bound port, useful with port 0) and shuts down cleanly on exit.
+    """
+
+    def __init__(self, config: ServerConfig, detector: Detector) -> None:
+        self.config = config
+        self.detector = detector
+        self.scheduler = InferenceScheduler(detector, config.scheduler)
+        self.sessions: set[Session] = set()
+        self._ws_server: WsServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._ws_server is not None, "server not started"
+        return int(next(iter(self._ws_server.sockets)).getsockname()[1])
+
+    async def start(self) -> None:
+        self.scheduler.start()
+        self._ws_server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            compression=None,  # H.265 does not deflate; compression only costs CPU
+            max_size=self.config.limits.max_message_bytes + p.HEADER.size,
+            max_queue=4,  # few messages buffered in websockets: our own queue bounds the rest
+            ping_interval=self.config.ping_interval_s,
+        )
+        log.info(
+            "listening on ws://%s:%d (model %s, %d classes)",
+            self.config.host, self.port, self.detector.model_name, len(self.detector.class_names),
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Stop accepting, close every stream (going away), stop inference."""
+        if self._ws_server is not None:
+            self._ws_server.close(close_connections=True)
+            await self._ws_server.wait_closed()
+        await self.scheduler.close()
+        log.info("server stopped")
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _handle(self, websocket: WebSocket) -> None:
+        session = Session(
+            websocket, config=self.config, detector=self.detector, scheduler=self.scheduler
+        )
+        if len(self.sessions) >= self.config.max_streams:
+            log.warning("refusing %s: %d streams already", session.peer, len(self.sessions))
+            await websocket.send(
+                p.encode_event(p.Error(p.ErrorCode.SERVER_BUSY, "server is at its stream limit"))
+            )
+            await websocket.close(p.ErrorCode.SERVER_BUSY.close_code, "server busy")
+            return
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+
+async def run_server(
+    config: ServerConfig,
+    load_detector: Callable[[], Detector],
+    *,
+    started: Callable[[Server], None] | None = None,
+) -> None:
+    """Load the model (off the event loop), serve until SIGINT/SIGTERM, then shut down."""
+    loop = asyncio.get_running_loop()
+    detector = await loop.run_in_executor(None, load_detector)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+            pass
+    try:
+        async with Server(config, detector) as server:
+            if started is not None:
+                started(server)
+            await stop.wait()
+            log.info("shutting down: closing %d streams", len(server.sessions))
+    finally:
+        detector.close()

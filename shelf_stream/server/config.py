@@ -1,0 +1,34 @@
+"""Server settings: one documented dataclass, built by the CLI and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shelf_stream.protocol import ServerLimits
+from shelf_stream.server.scheduler import SchedulerConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Settings of ``shelf-stream serve``.
+
+    Queue sizes and their policy when full:
+    - ``decode_queue_packets``: compressed access units per stream waiting for the
+      decoder; when full the server stops reading that socket (TCP backpressure),
+      it never drops compressed data.
+    - ``outbox_messages``: answers per stream waiting to be written; when full the
+      client is not reading its results and is disconnected.
+    """
+
+    host: str = "0.0.0.0"
+    port: int = 8765
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    token: str | None = None
+    max_streams: int = 32
+    decode_queue_packets: int = 32
+    outbox_messages: int = 512
+    hello_timeout_s: float = 10.0
+    drain_timeout_s: float = 5.0
+    keyframe_request_interval_ms: float = 300.0
+    ping_interval_s: float | None = 20.0

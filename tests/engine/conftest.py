@@ -1,0 +1,84 @@
+"""Fixtures for the engine tests: the YOLOX test model, its Ultralytics-format twin,
+detectors for both, and real photographs shipped with scikit-image."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shelf_stream.engine import EngineConfig, create_detector
+from shelf_stream.engine.base import Detector
+
+from .make_ultralytics_onnx import make_ultralytics_onnx
+
+TEST_MODEL_ENV = "SHELF_STREAM_TEST_MODEL"
+
+
+def _repo_root() -> Path:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").is_file():
+            return parent
+    raise RuntimeError(f"no pyproject.toml above {here}")
+
+
+@pytest.fixture(scope="session")
+def yolox_model_path() -> Path:
+    """YOLOX-Nano (see shared/models/README.md); a missing model fails, never skips."""
+    default = _repo_root().parent / "shared" / "models" / "yolox_nano.onnx"
+    path = Path(os.environ.get(TEST_MODEL_ENV) or default)
+    if not path.is_file():
+        pytest.fail(
+            f"test model not found at {path}: set {TEST_MODEL_ENV}=/path/to/yolox_nano.onnx "
+            f"or put it at {default}"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def ultralytics_model_path(
+    yolox_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("models") / "yolox_nano_ultralytics.onnx"
+    return make_ultralytics_onnx(yolox_model_path, out)
+
+
+def _detector(path: Path) -> Iterator[Detector]:
+    detector = create_detector(
+        EngineConfig(model_path=path, backend="onnxruntime", score_threshold=0.25)
+    )
+    yield detector
+    detector.close()
+
+
+@pytest.fixture(scope="session")
+def yolox_detector(yolox_model_path: Path) -> Iterator[Detector]:
+    yield from _detector(yolox_model_path)
+
+
+@pytest.fixture(scope="session")
+def ultralytics_detector(ultralytics_model_path: Path) -> Iterator[Detector]:
+    yield from _detector(ultralytics_model_path)
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    """A photograph from scikit-image's data dir as an HxWx3 uint8 BGR array."""
+    import skimage
+    import skimage.io
+
+    rgb = skimage.io.imread(Path(skimage.__file__).parent / "data" / name)
+    return np.ascontiguousarray(rgb[..., 2::-1])
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """BGR photos by name: astronaut (512x512), chelsea (451x300), coffee (600x400),
+    motorcycle_left (741x500)."""
+    return {
+        name: _skimage_photo(f"{name}.png")
+        for name in ("astronaut", "chelsea", "coffee", "motorcycle_left")
+    }
