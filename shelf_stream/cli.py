@@ -66,18 +66,28 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--adapter", choices=["yolox", "ultralytics"], help="model format (default: detected)"
     )
     group.add_argument("--score-threshold", type=float, default=0.3)
-    group.add_argument("--threads", type=int, default=0, help="inference threads (0: runtime default)")
+    group.add_argument(
+        "--threads", type=int, default=0, help="inference threads (0: runtime default)"
+    )
 
 
 def _add_stream_options(parser: argparse.ArgumentParser, *, default_duration: float | None) -> None:
     group = parser.add_argument_group("stream")
     group.add_argument("--size", type=parse_size, help="frame size WxH (default: the source's)")
-    group.add_argument("--fps", type=_positive_float, help="frame rate (default: the source's or 30)")
-    group.add_argument("--bitrate", type=_positive_int, default=1500, help="target kbit/s (default 1500)")
+    group.add_argument(
+        "--fps", type=_positive_float, help="frame rate (default: the source's or 30)"
+    )
+    group.add_argument(
+        "--bitrate", type=_positive_int, default=1500, help="target kbit/s (default 1500)"
+    )
     group.add_argument("--codec", choices=["hevc", "h264"], default="hevc")
-    group.add_argument("--encoder", help="libavcodec encoder, e.g. hevc_nvenc (default: libx265/libx264)")
+    group.add_argument(
+        "--encoder", help="libavcodec encoder, e.g. hevc_nvenc (default: libx265/libx264)"
+    )
     group.add_argument("--preset", help="encoder preset (default: superfast)")
-    group.add_argument("--duration", type=_positive_float, default=default_duration, help="seconds to stream")
+    group.add_argument(
+        "--duration", type=_positive_float, default=default_duration, help="seconds to stream"
+    )
     group.add_argument("--frames", type=_positive_int, help="stop after this many captured frames")
     group.add_argument("--results", type=Path, help="write one JSON line per frame here")
     group.add_argument("--save", type=Path, help="write an annotated MP4 here")
@@ -91,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream a camera as H.265 to a detection server and get boxes back by pts.",
     )
     parser.add_argument("--version", action="version", version=f"shelf-stream {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the detection server")
@@ -115,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--token", help="the server's shared secret (or $SHELF_STREAM_TOKEN)")
     _add_stream_options(send, default_duration=None)
 
-    demo = sub.add_parser("demo", help="local end-to-end demo: server + client on generated footage")
+    demo = sub.add_parser(
+        "demo", help="local end-to-end demo: server + client on generated footage"
+    )
     _add_model_options(demo)
     _add_stream_options(demo, default_duration=6.0)
     return parser
@@ -165,10 +179,14 @@ def _source_spec(args: argparse.Namespace) -> Any:
 
     width, height = args.size or (None, None)
     if args.camera is not None:
-        return SourceSpec(kind="camera", camera=args.camera, width=width, height=height, fps=args.fps)
+        return SourceSpec(
+            kind="camera", camera=args.camera, width=width, height=height, fps=args.fps
+        )
     if args.input is not None:
         return SourceSpec(kind="file", path=args.input, loop=args.loop)
-    return SourceSpec(kind=args.source, width=width or 640, height=height or 480, fps=args.fps or 30.0)
+    return SourceSpec(
+        kind=args.source, width=width or 640, height=height or 480, fps=args.fps or 30.0
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -229,7 +247,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         finally:
             detector.close()
 
-    print(f"shelf-stream demo: {width}x{height} scene of real photos, {args.duration:g} s, {args.codec}")
+    print(f"shelf-stream demo: {width}x{height} scene of real photos, {args.duration:g} s")
     summary = _run_until_interrupted(demo())
     print(format_summary(summary))
     if last_detections:
@@ -242,7 +260,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _run_until_interrupted(coro: Any) -> dict[str, Any]:
     try:
-        return asyncio.run(coro)  # type: ignore[no-any-return]
+        return asyncio.run(coro)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 
@@ -277,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def bench_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shelf-bench", description="shelf-stream benchmarks")
-    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     loopback = sub.add_parser(
         "loopback", help="server and client in two processes on loopback, generated footage"

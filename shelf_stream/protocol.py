@@ -17,7 +17,7 @@ Bodies:
 * Hello (client → server), Ready (server → client): a UTF-8 JSON object.
 * Video (client → server): ``seq u32, pts i64, capture_us i64`` then the access unit
   (Annex-B bytes). ``seq`` counts access units from 0, so the server sees a missing one;
-  ``pts`` is in ``TIME_BASE`` (1/90000 s); ``capture_us`` is the client's own clock and
+  ``pts`` is in a 1/90000 s time base (``TIME_BASE_HZ``); ``capture_us`` is the client's own clock and
   is echoed back untouched.
 * Result (server → client): ``pts i64, capture_us i64, decode_us u32, queue_us u32,
   infer_us u32, total_us u32, count u16`` then ``count`` detections of
@@ -63,6 +63,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024
 MAX_ERROR_TEXT_BYTES = 1024
 MAX_TOKEN_CHARS = 512
+MAX_CLIENT_CHARS = 100
 _U32 = 2**32 - 1
 
 
@@ -243,7 +244,7 @@ def encode_event(event: Event) -> bytes:
                 "height": event.height,
                 "fps": event.fps,
                 "time_base": [1, TIME_BASE_HZ],
-                "client": event.client,
+                "client": event.client[:MAX_CLIENT_CHARS],
             }
             if event.token is not None:
                 hello["token"] = event.token
@@ -333,6 +334,14 @@ def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], what: 
     return value
 
 
+def _float_field(obj: dict[str, Any], name: str, what: str) -> float:
+    value = _field(obj, name, (int, float), what)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float: as far out as it gets
+        return math.inf if value > 0 else -math.inf
+
+
 def parse_hello(body: bytes, limits: ServerLimits) -> Hello:
     obj = _parse_json(body, "hello")
     version = _field(obj, "protocol", int, "hello")
@@ -349,17 +358,26 @@ def parse_hello(body: bytes, limits: ServerLimits) -> Hello:
         )
     width = _field(obj, "width", int, "hello")
     height = _field(obj, "height", int, "hello")
-    fps = float(_field(obj, "fps", (int, float), "hello"))
+    fps = _float_field(obj, "fps", "hello")
     _check_geometry(width, height, fps, limits)
-    if obj.get("time_base", [1, TIME_BASE_HZ]) != [1, TIME_BASE_HZ]:
-        raise _fail(f"time_base must be [1, {TIME_BASE_HZ}] in protocol {PROTOCOL_VERSION}")
+    time_base = obj.get("time_base", [1, TIME_BASE_HZ])
+    # type() and not ==: JSON true would compare equal to 1.
+    if (
+        not isinstance(time_base, list)
+        or [type(v) for v in time_base] != [int, int]
+        or (time_base != [1, TIME_BASE_HZ])
+    ):
+        raise _fail(
+            f"hello: time_base must be [1, {TIME_BASE_HZ}] in protocol {PROTOCOL_VERSION}",
+            ErrorCode.BAD_HELLO,
+        )
     token = obj.get("token")
     if token is not None and (not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS):
         raise _fail("hello: token must be a string of at most 512 characters", ErrorCode.BAD_HELLO)
     client = obj.get("client", "")
     if not isinstance(client, str):
         raise _fail("hello: client must be a string", ErrorCode.BAD_HELLO)
-    return Hello(codec, width, height, fps, token=token, client=client[:100])
+    return Hello(codec, width, height, fps, token=token, client=client[:MAX_CLIENT_CHARS])
 
 
 def _check_geometry(width: int, height: int, fps: float, limits: ServerLimits) -> None:
@@ -389,6 +407,9 @@ def parse_ready(body: bytes) -> Ready:
     names = _field(obj, "class_names", list, "ready")
     if not all(isinstance(name, str) for name in names):
         raise _fail("ready: class_names must be strings")
+    max_fps = _float_field(obj, "max_fps", "ready")
+    if not math.isfinite(max_fps):
+        raise _fail(f"ready: max_fps must be finite, got {max_fps}")
     return Ready(
         session=str(_field(obj, "session", str, "ready")),
         model=str(_field(obj, "model", str, "ready")),
@@ -396,7 +417,7 @@ def parse_ready(body: bytes) -> Ready:
         max_message_bytes=_field(obj, "max_message_bytes", int, "ready"),
         max_width=_field(obj, "max_width", int, "ready"),
         max_height=_field(obj, "max_height", int, "ready"),
-        max_fps=float(_field(obj, "max_fps", (int, float), "ready")),
+        max_fps=max_fps,
     )
 
 
@@ -556,8 +577,13 @@ class ServerConnection(_Connection):
         self.limits = limits or ServerLimits()
         super().__init__(max_message_bytes=self.limits.max_message_bytes)
         self._hello_received = False
+        self._ready_sent = False
 
     def _parse(self, kind: int, flags: int, body: bytes) -> Event:
+        if self._state is _State.CLOSED and kind != MessageType.ERROR:
+            raise _fail(
+                f"message type {kind} after the connection closed", ErrorCode.UNEXPECTED_MESSAGE
+            )
         if kind == MessageType.VIDEO:
             if self._state is not _State.STREAMING:
                 raise _fail(
@@ -586,10 +612,11 @@ class ServerConnection(_Connection):
             if not self._hello_received or self._state is not _State.HANDSHAKE:
                 raise LocalProtocolError("ready is only valid once, after the client's hello")
             self._state = _State.STREAMING
+            self._ready_sent = True
         elif isinstance(event, Error):
             self._state = _State.CLOSED
         elif isinstance(event, Result | Dropped | KeyframeRequest):
-            if self._state is _State.HANDSHAKE:
+            if not self._ready_sent:
                 raise LocalProtocolError(f"{type(event).__name__} before ready")
         else:
             raise LocalProtocolError(f"a server does not send {type(event).__name__}")
@@ -635,6 +662,14 @@ class ClientConnection(_Connection):
         elif isinstance(event, Video):
             if self._state is not _State.STREAMING or self._bye_sent:
                 raise LocalProtocolError("video is only valid after ready and before bye")
+            if not event.data:
+                raise LocalProtocolError("a video message must carry an access unit")
+            if not (0 <= event.seq <= _U32 and 0 <= event.pts < 2**63):
+                raise LocalProtocolError(
+                    f"video seq {event.seq} or pts {event.pts} is out of range (u32, i64 >= 0)"
+                )
+            if not -(2**63) <= event.capture_us < 2**63:
+                raise LocalProtocolError(f"video capture_us {event.capture_us} is not an i64")
             limit = self.ready.max_message_bytes if self.ready else self.max_message_bytes
             if len(event.data) + VIDEO_HEADER.size > limit:
                 raise LocalProtocolError(

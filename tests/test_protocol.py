@@ -7,7 +7,8 @@ produced by the encoder under test.
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
 import pytest
 
@@ -163,7 +164,19 @@ def streaming_server(limits: ServerLimits | None = None) -> ServerConnection:
     return server
 
 
-def receive_fails(conn: ServerConnection | ClientConnection, data: bytes) -> RemoteProtocolError:
+T = TypeVar("T")
+
+
+def only_event(conn: ServerConnection | ClientConnection, kind: type[T]) -> T:
+    """The one event the connection has produced, which must be a ``kind``."""
+    [event] = conn.events_received()
+    assert isinstance(event, kind)
+    return event
+
+
+def receive_fails(
+    conn: ServerConnection | ClientConnection, data: bytes | str
+) -> RemoteProtocolError:
     """Feed one whole message that must be refused; return the error."""
     with pytest.raises(RemoteProtocolError) as caught:
         conn.receive_message(data)
@@ -240,7 +253,7 @@ def test_video_without_keyframe_flag():
     wire = b"\x03\x00" + VIDEO_BYTES[2:]
     server = streaming_server()
     server.receive_message(wire)
-    [video] = server.events_received()
+    video = only_event(server, Video)
     assert video.keyframe is False
     assert encode_event(video) == wire
 
@@ -285,9 +298,7 @@ def test_server_stream_of_videos_and_bye_in_one_chunk():
     server = streaming_server()
     second = VIDEO_BYTES[:9] + b"\x08" + VIDEO_BYTES[10:]  # seq 8
     server.receive_data(VIDEO_BYTES + second + BYE_BYTES)
-    events = server.events_received()
-    assert [type(e) for e in events] == [Video, Video, Bye]
-    assert [events[0].seq, events[1].seq] == [7, 8]
+    assert server.events_received() == [VIDEO, replace(VIDEO, seq=8), Bye()]
     assert server.state == "closed"
 
 
@@ -314,15 +325,6 @@ def test_receive_message_rejects_a_truncated_message(cut):
 def test_receive_message_rejects_text():
     error = receive_fails(ServerConnection(), HELLO_BYTES.decode("latin-1"))
     assert error.code == ErrorCode.PROTOCOL
-
-
-def test_receive_message_accepts_bytearray_and_memoryview():
-    server = ServerConnection()
-    server.receive_message(bytearray(HELLO_BYTES))
-    assert server.events_received() == [HELLO]
-    server.send(READY)
-    server.receive_message(memoryview(VIDEO_BYTES))
-    assert server.events_received() == [VIDEO]
 
 
 # ------------------------------------------------------------- state machine
@@ -736,9 +738,11 @@ def test_hello_unsupported_version(version):
     assert error.close_code == 1002
 
 
-@pytest.mark.parametrize("time_base", [[1, 1000], [1001, 90000], [90000], "1/90000", 90000, []])
+@pytest.mark.parametrize(
+    "time_base", [[1, 1000], [1001, 90000], [90000], "1/90000", 90000, [], [True, 90000]]
+)
 def test_hello_bad_time_base(time_base):
-    assert hello_fails(hello_record(time_base=time_base)).code == ErrorCode.PROTOCOL
+    assert hello_fails(hello_record(time_base=time_base)).code == ErrorCode.BAD_HELLO
 
 
 def test_hello_time_base_may_be_left_out():
@@ -758,8 +762,7 @@ def test_hello_token_at_the_limit():
     server = ServerConnection()
     token = "é" * MAX_TOKEN_CHARS
     server.receive_message(hello_record(token=token))
-    [hello] = server.events_received()
-    assert hello.token == token
+    assert only_event(server, Hello).token == token
 
 
 @pytest.mark.parametrize("client_name", [5, False, ["cam"]])
@@ -768,12 +771,12 @@ def test_hello_bad_client_name(client_name):
 
 
 # BUG: the parser cuts the client name to 100 characters but the encoder sends it whole,
-# so a Hello with a longer name does not round-trip.
-def test_hello_client_name_round_trips():
-    hello = Hello("hevc", 640, 480, 30.0, client="c" * 150)
+# so a Hello with a longer name does not round-trip: what arrives is not what was sent.
+def test_hello_client_name_arrives_as_sent():
+    wire = encode_event(Hello("hevc", 640, 480, 30.0, client="c" * 150))
     server = ServerConnection()
-    server.receive_message(encode_event(hello))
-    assert server.events_received() == [hello]
+    server.receive_message(wire)
+    assert only_event(server, Hello).client == json.loads(wire[6:])["client"]
 
 
 @pytest.mark.parametrize(
@@ -843,10 +846,13 @@ def test_bad_ready(changes):
     assert error.code == ErrorCode.PROTOCOL
 
 
-# BUG: an integer max_fps too large for a float crashes float() with OverflowError.
-def test_ready_max_fps_integer_too_large_for_a_float():
-    body = READY_JSON.replace(b'"max_fps":120.0', b'"max_fps":1' + b"0" * 400)
-    receive_fails(handshaking_client(), record(2, body))
+# BUG: an integer max_fps too large for a float crashes float() with OverflowError, and
+# a non-finite max_fps (JSON NaN/Infinity, which Python's json accepts) is taken as is.
+@pytest.mark.parametrize("literal", [b"1" + b"0" * 400, b"NaN", b"Infinity", b"-Infinity"])
+def test_ready_max_fps_must_be_finite(literal):
+    body = READY_JSON.replace(b'"max_fps":120.0', b'"max_fps":' + literal)
+    assert body != READY_JSON
+    assert receive_fails(handshaking_client(), record(2, body)).code == ErrorCode.PROTOCOL
 
 
 @pytest.mark.parametrize(
@@ -900,7 +906,7 @@ def test_result_labels_come_from_ready_class_names(class_id, label):
     body = RESULT_BYTES[6:40] + class_id.to_bytes(2, "big") + RESULT_BYTES[42:]
     client = streaming_client()
     client.receive_message(record(4, body))
-    [result] = client.events_received()
+    result = only_event(client, Result)
     assert result.detections[0].class_id == class_id
     assert result.detections[0].label == label
 
@@ -910,8 +916,7 @@ def test_result_labels_with_no_class_names():
     client.receive_message(ready_record(class_names=[]))
     client.events_received()
     client.receive_message(RESULT_BYTES)
-    [result] = client.events_received()
-    assert result.detections[0].label == "class_1"
+    assert only_event(client, Result).detections[0].label == "class_1"
 
 
 @pytest.mark.parametrize(
@@ -1046,8 +1051,7 @@ def test_failure_discards_buffered_bytes():
     server = streaming_server()
     with pytest.raises(RemoteProtocolError):
         server.receive_data(record(3, b"\x00" * 4) + VIDEO_BYTES)
-    assert server.events_received() == []
-    assert len(server._buffer) == 0
+    assert server.events_received() == []  # the Video after the bad record is not parsed
 
 
 def test_bad_hello_fails_the_connection():

@@ -49,7 +49,9 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def start_server(port: int, model: str | None, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+def start_server(
+    port: int, model: str | None, extra: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "shelf_stream", "--log-level", "WARNING", "serve",
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     if model:

@@ -89,7 +89,9 @@ class _Sinks:
 class StreamClient:
     """One streaming run from connect to summary."""
 
-    def __init__(self, config: ClientConfig, *, on_record: Callable[[FrameRecord], None] | None = None) -> None:
+    def __init__(
+        self, config: ClientConfig, *, on_record: Callable[[FrameRecord], None] | None = None
+    ) -> None:
         self.config = config
         self.stats = StreamStats()
         self.matcher = ResultMatcher()
@@ -169,7 +171,9 @@ class StreamClient:
         try:
             message = await asyncio.wait_for(ws.recv(), self.config.connect_timeout_s)
         except ConnectionClosed as exc:
-            raise ShelfStreamError(f"server closed the connection during the handshake: {exc}") from exc
+            raise ShelfStreamError(
+                f"server closed the connection during the handshake: {exc}"
+            ) from exc
         self._proto.receive_message(message)
         for event in self._proto.events_received():
             if isinstance(event, p.Error):
@@ -208,7 +212,7 @@ class StreamClient:
             fps=enc.fps,
             max_frames=self.config.max_frames,
             duration_s=self.config.duration_s,
-            on_skipped=lambda c: loop.call_soon_threadsafe(self._on_skipped, c),
+            on_skipped=lambda captured: _call_soon(loop, self._on_skipped, captured),
         )
         stop_encoding = threading.Event()
         encoder_thread = threading.Thread(
@@ -307,7 +311,9 @@ class StreamClient:
         try:
             await asyncio.wait_for(asyncio.shield(receiver), self.config.answer_timeout_s)
         except TimeoutError:
-            log.warning("%d frames unanswered after %.0f s", len(self.matcher), self.config.answer_timeout_s)
+            log.warning(
+                "%d frames unanswered after %.0f s", len(self.matcher), self.config.answer_timeout_s
+            )
 
     async def _receive_loop(self, ws: WebSocket) -> None:
         try:
@@ -363,6 +369,12 @@ class StreamClient:
     def _end_status(self) -> None:
         if self._status_printed:
             sys.stderr.write("\n")
+
+
+def _call_soon(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[CapturedFrame], None], arg: CapturedFrame
+) -> None:
+    loop.call_soon_threadsafe(callback, arg)
 
 
 def _put_blocking(

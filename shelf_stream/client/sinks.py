@@ -75,9 +75,7 @@ class AnnotatedVideoSink:
     def __init__(self, path: Path, *, fps: float, max_queued: int = 64) -> None:
         self.path = path
         self.fps = fps
-        self._queue: queue.Queue[tuple[FrameRecord, av.VideoFrame] | None] = queue.Queue(
-            max_queued
-        )
+        self._queue: queue.Queue[tuple[FrameRecord, av.VideoFrame] | None] = queue.Queue(max_queued)
         self.frames_written = 0
         self.frames_not_written = 0
         self._thread = threading.Thread(target=self._run, name="annotate", daemon=True)
@@ -93,7 +91,9 @@ class AnnotatedVideoSink:
         self._queue.put(None)
         self._thread.join()
         if self.frames_not_written:
-            log.warning("%s: %d frames not written (encoder behind)", self.path, self.frames_not_written)
+            log.warning(
+                "%s: %d frames not written (encoder behind)", self.path, self.frames_not_written
+            )
 
     def _run(self) -> None:
         container = av.open(str(self.path), "w")
@@ -102,12 +102,14 @@ class AnnotatedVideoSink:
             while (item := self._queue.get()) is not None:
                 record, frame = item
                 if stream is None:
-                    stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+                    stream = container.add_stream(
+                        "libx264", rate=Fraction(self.fps).limit_denominator(1001)
+                    )
                     stream.width, stream.height = frame.width, frame.height
                     stream.pix_fmt = "yuv420p"
                     stream.time_base = TIME_BASE
                     stream.options = {"preset": "veryfast"}
-                image = frame.to_ndarray(format="rgb24")
+                image: np.ndarray = frame.to_ndarray(format="rgb24")
                 _draw(image, record)
                 out = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
                 out = out.reformat(format="yuv420p")

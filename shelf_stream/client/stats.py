@@ -100,9 +100,7 @@ class StreamStats:
             "queue_ms_mean": _mean([r.queue_ms for r in results]),
             "infer_ms_mean": _mean([r.infer_ms for r in results]),
             "overhead_ms": _percentiles(overheads),
-            "detections_per_frame": round(
-                sum(len(r.detections) for r in results) / len(results), 2
-            )
+            "detections_per_frame": round(sum(len(r.detections) for r in results) / len(results), 2)
             if results
             else 0.0,
             "top_labels": dict(labels.most_common(5)),
@@ -119,7 +117,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['kbit_per_s']} kbit/s, {summary['bytes_per_frame']} bytes/frame",
         f"latency     p50 {_ms(lat['p50'])}  p95 {_ms(lat['p95'])}  p99 {_ms(lat['p99'])}  "
         f"(capture -> result, client clock)",
-        f"stages      encode {_ms(summary['encode_ms_mean'])}  decode {_ms(summary['decode_ms_mean'])}"
+        f"stages      encode {_ms(summary['encode_ms_mean'])}"
+        f"  decode {_ms(summary['decode_ms_mean'])}"
         f"  queue {_ms(summary['queue_ms_mean'])}  inference {_ms(summary['infer_ms_mean'])}"
         f"  (means); overhead p50 {_ms(ovh['p50'])}",
         f"detections  {summary['detections_per_frame']} per frame; top: "

@@ -115,6 +115,7 @@ class OnnxRuntimeDetector(Detector):
         results: list[Detections] = []
         for chunk in self._chunks(batch):
             outputs = self._run(chunk)
+            # strict=False: a padded fixed-size batch has more outputs than images.
             results.extend(
                 self._postprocess(out, prepared)
                 for out, prepared in zip(outputs, chunk, strict=False)

@@ -1,9 +1,9 @@
 """Letterboxing: resize keeping the aspect ratio, pad, and lay out as a CHW float32 tensor.
 
 Scaling and colour conversion happen in one libswscale call (``VideoFrame.reformat``),
-which releases the GIL; decoded frames (yuv420p) are converted straight to the model's
-size and channel order without an intermediate full-size RGB image. NumPy arrays go
-through the same path so that the runtime needs no OpenCV.
+which releases the GIL; decoded frames (yuv420p) go straight to planar RGB at the
+model's size, with no intermediate full-size RGB image. NumPy arrays take the same path
+so that the runtime needs no OpenCV.
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ def _as_frame(image: Image) -> av.VideoFrame:
         raise ValueError(
             f"expected an HxWx3 uint8 BGR array, got shape {image.shape} dtype {image.dtype}"
         )
-    # from_ndarray needs C-contiguous rows; slices/views (e.g. a crop) are not.
-    return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+    # Zero-copy: the frame wraps the array's memory (alive until letterbox returns).
+    # A view with gaps between rows (a crop, a flip) is made contiguous first.
+    return av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(image), format="bgr24")
 
 
 def _resize(

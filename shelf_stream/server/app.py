@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -99,10 +100,9 @@ async def run_server(
     detector = await loop.run_in_executor(None, load_detector)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        # Not available on Windows or outside the main thread: Ctrl-C still works there.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-            pass
     try:
         async with Server(config, detector) as server:
             if started is not None:

@@ -13,6 +13,7 @@ replaced before inference is answered ``SUPERSEDED``; a frame older than
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -126,7 +127,11 @@ class InferenceScheduler:
     """
 
     def __init__(
-        self, detector: Detector, config: SchedulerConfig, *, clock: Callable[[], float] = time.monotonic
+        self,
+        detector: Detector,
+        config: SchedulerConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.detector = detector
         self.config = config
@@ -175,8 +180,9 @@ class InferenceScheduler:
         """Return once the stream has no frame waiting or being inferred."""
         async with self._idle:
             await self._idle.wait_for(
-                lambda: not self._policy.has_frame(stream_id)
-                and not self._in_flight.get(stream_id, 0)
+                lambda: (
+                    not self._policy.has_frame(stream_id) and not self._in_flight.get(stream_id, 0)
+                )
             )
 
     async def _run(self) -> None:
@@ -190,10 +196,8 @@ class InferenceScheduler:
             delay = due - self._clock()
             if delay > 0:
                 self._wakeup.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
                 continue
             batch = self._policy.take_batch(self._clock())
             for frame in batch.too_old:
@@ -214,7 +218,9 @@ class InferenceScheduler:
             )
             reason = None
         except Exception:
-            log.exception("inference failed on a batch of %d frames; answering them dropped", len(frames))
+            log.exception(
+                "inference failed on a batch of %d frames; answering them dropped", len(frames)
+            )
             results, reason = [None] * len(frames), "inference_error"
         finished = self._clock()
         self.batches_run += 1

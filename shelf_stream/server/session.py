@@ -298,7 +298,9 @@ class Session:
             if result.dropped_reason is not None:
                 if result.dropped_reason == "decode_error":
                     self.stats.decode_errors += 1
-                self._answer_dropped(pts, _DROP_REASONS.get(result.dropped_reason, p.DropReason.INVALID))
+                self._answer_dropped(
+                    pts, _DROP_REASONS.get(result.dropped_reason, p.DropReason.INVALID)
+                )
             else:
                 self._decoder_pending.append(pts)
             if result.request_keyframe:
@@ -358,13 +360,15 @@ class Session:
             return
         capture_us = self._unanswered.pop(frame.pts)
         self.stats.results += 1
-        boxes = [
-            p.Detection(int(c), float(s), *(float(v) for v in box), label="")
-            for box, s, c in zip(
-                detections.boxes.tolist(), detections.scores.tolist(), detections.class_ids.tolist(),
+        boxes = tuple(
+            p.Detection(int(class_id), float(score), x1, y1, x2, y2)
+            for (x1, y1, x2, y2), score, class_id in zip(
+                detections.boxes.tolist(),
+                detections.scores.tolist(),
+                detections.class_ids.tolist(),
                 strict=True,
             )
-        ]  # fmt: skip
+        )
         self._post(
             _PendingResult(
                 frame.pts,
@@ -373,7 +377,7 @@ class Session:
                 queue_us=_us(started - frame.decoded_at),
                 infer_us=_us(finished - started),
                 received_at=frame.received_at,
-                detections=tuple(boxes),
+                detections=boxes,
             )
         )
 
