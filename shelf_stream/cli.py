@@ -305,8 +305,18 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     _add_model_options(loopback)
     _add_stream_options(loopback, default_duration=10.0)
     loopback.add_argument("--source", choices=["scene", "testsrc"], default="scene")
+    from shelf_stream.bench.codec import add_codec_parser, run_codec_bench
+
+    add_codec_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
+    if args.command == "codec":
+        try:
+            run_codec_bench(args)  # prints its own table; --json writes the summary
+        except ShelfStreamError as error:
+            print(f"shelf-bench: error: {error}", file=sys.stderr)
+            return 2
+        return 0
     try:
         from shelf_stream.bench.loopback import run_loopback
 

@@ -32,7 +32,10 @@ def encoded_clip(
     frames: int, *, keyframe_at: tuple[int, ...] = ()
 ) -> list[tuple[int, bool, bytes]]:
     """(pts, keyframe, access unit) of a short generated clip, 1 s keyframe interval."""
-    config = EncoderConfig(codec="hevc", width=WIDTH, height=HEIGHT, fps=FPS, bitrate_kbps=500)
+    # One thread, so the bytes (and so the truncated AU's detection) are the same every run.
+    config = EncoderConfig(
+        codec="hevc", width=WIDTH, height=HEIGHT, fps=FPS, bitrate_kbps=500, threads=1
+    )
     encoder = get_encoder(config)
     source = av.open(f"testsrc2=size={WIDTH}x{HEIGHT}:rate={FPS:g}", format="lavfi")
     units = []
