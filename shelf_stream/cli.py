@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,8 +214,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     from shelf_stream.client.stats import format_summary
 
     token = args.token or os.environ.get("SHELF_STREAM_TOKEN") or None
-    config = _client_config(args, args.url, _source_spec(args), token)
-    summary = _run_until_interrupted(StreamClient(config).run())
+    client = StreamClient(_client_config(args, args.url, _source_spec(args), token))
+    summary = _run_until_interrupted(_stop_on_sigint(client))
     print(format_summary(summary))
     _write_json(args.json, summary)
     return 0 if summary["results"] else 1
@@ -243,7 +244,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             async with Server(ServerConfig(host="127.0.0.1", port=0), detector) as server:
                 config = _client_config(args, f"ws://127.0.0.1:{server.port}", source, None)
                 client = StreamClient(config, on_record=keep_last)
-                return await client.run()
+                return await _stop_on_sigint(client)
         finally:
             detector.close()
 
@@ -256,6 +257,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"  {d.label:<12} {d.score:.2f}  [{d.x1:.0f} {d.y1:.0f} {d.x2:.0f} {d.y2:.0f}]")
     _write_json(args.json, summary)
     return 0 if summary["results"] else 1
+
+
+async def _stop_on_sigint(client: Any) -> dict[str, Any]:
+    """First Ctrl-C: finish gracefully (answers, summary). Second: abort."""
+    loop = asyncio.get_running_loop()
+
+    def first_interrupt() -> None:
+        print("\nstopping: waiting for the last answers (Ctrl-C again to abort)", file=sys.stderr)
+        loop.remove_signal_handler(signal.SIGINT)
+        client.request_stop()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, first_interrupt)
+    summary: dict[str, Any] = await client.run()
+    return summary
 
 
 def _run_until_interrupted(coro: Any) -> dict[str, Any]:

@@ -17,8 +17,8 @@ Bodies:
 * Hello (client → server), Ready (server → client): a UTF-8 JSON object.
 * Video (client → server): ``seq u32, pts i64, capture_us i64`` then the access unit
   (Annex-B bytes). ``seq`` counts access units from 0, so the server sees a missing one;
-  ``pts`` is in a 1/90000 s time base (``TIME_BASE_HZ``); ``capture_us`` is the client's own clock and
-  is echoed back untouched.
+  ``pts`` is in a 1/90000 s time base (``TIME_BASE_HZ``); ``capture_us`` is the client's
+  own clock and is echoed back untouched.
 * Result (server → client): ``pts i64, capture_us i64, decode_us u32, queue_us u32,
   infer_us u32, total_us u32, count u16`` then ``count`` detections of
   ``class_id u16, score f32, x1 f32, y1 f32, x2 f32, y2 f32`` in source-frame pixels.

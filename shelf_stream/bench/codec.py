@@ -211,7 +211,9 @@ def _encoder_config(codec: str, setting: int, clip: Clip) -> EncoderConfig:
         return EncoderConfig(
             codec=codec, width=width, height=height, fps=clip.fps, jpeg_quality=setting
         )
-    return EncoderConfig(codec=codec, width=width, height=height, fps=clip.fps, bitrate_kbps=setting)
+    return EncoderConfig(
+        codec=codec, width=width, height=height, fps=clip.fps, bitrate_kbps=setting
+    )
 
 
 def _encode_all(codec: str, setting: int, clip: Clip) -> tuple[list[bytes], list[float]]:
@@ -371,11 +373,12 @@ def _log_rate_at(target: float, x: tuple[float, float], y: tuple[float, float]) 
 
 
 def _extrapolate(
-    target: float, logs: np.ndarray, values: np.ndarray, side: Literal["above", "below"]
+    target: float, rates: np.ndarray, values: np.ndarray, side: Literal["above", "below"]
 ) -> RateMatch:
+    logs = np.log(rates)
     # The end segment that still rises (the curve is non-decreasing by construction).
     rising = np.flatnonzero(np.diff(values) > 0)
-    end = float(np.exp(logs[-1] if side == "above" else logs[0]))
+    end = float(rates[-1] if side == "above" else rates[0])
     if rising.size == 0:
         return RateMatch(end, "clamped", side)
     i = int(rising[-1] if side == "above" else rising[0])
@@ -401,20 +404,21 @@ def rate_for_quality(
     )
     if not pairs or target is None or not math.isfinite(target):
         return None
-    logs = np.log(np.array([k for k, _ in pairs], dtype=np.float64))
+    rates = np.array([k for k, _ in pairs], dtype=np.float64)
     values = np.maximum.accumulate(np.array([q for _, q in pairs], dtype=np.float64))
     if target > values[-1]:
-        return _extrapolate(target, logs, values, "above")
+        return _extrapolate(target, rates, values, "above")
     if target < values[0]:
-        return _extrapolate(target, logs, values, "below")
+        return _extrapolate(target, rates, values, "below")
+    logs = np.log(rates)
     # First measured point reaching the target; interpolate from the one before it.
     j = int(np.argmax(values >= target))
     if j == 0:
         # Already reached at the lowest rate measured (typical of a saturated agreement
         # of 1.0): fewer bits may do as well, so this rate is only an upper limit.
-        return RateMatch(float(np.exp(logs[0])), "clamped", "below")
+        return RateMatch(float(rates[0]), "clamped", "below")
     if values[j] == target:
-        return RateMatch(float(np.exp(logs[j])), "interpolated", "inside")
+        return RateMatch(float(rates[j]), "interpolated", "inside")
     log_rate = _log_rate_at(target, (logs[j - 1], logs[j]), (values[j - 1], values[j]))
     return RateMatch(float(math.exp(log_rate)), "interpolated", "inside")
 
@@ -455,7 +459,9 @@ def equal_quality_ratios(
     for codec, points in curves.items():
         match = None
         if target is not None:
-            match = rate_for_quality(target, [p["kbps"] for p in points], [p[metric] for p in points])
+            match = rate_for_quality(
+                target, [p["kbps"] for p in points], [p[metric] for p in points]
+            )
         result[codec] = bytes_ratio(reference["kbps"], match)
     return result
 
@@ -533,10 +539,12 @@ def write_plots(out_dir: Path, curves: dict[str, list[dict[str, Any]]]) -> list[
     ):
         figure = Figure(figsize=(7, 4.5))
         axes = figure.subplots()
+        plotted = False
         for codec, points in curves.items():
             pairs = [(p["kbps"], p[metric]) for p in points if p[metric] is not None]
             if not pairs:
                 continue
+            plotted = True
             pairs.sort()
             axes.plot(*zip(*pairs, strict=True), marker="o", label=CODEC_LABELS[codec])
             if codec == "jpeg_zlib":
@@ -547,7 +555,10 @@ def write_plots(out_dir: Path, curves: dict[str, list[dict[str, Any]]]) -> list[
         axes.set_xlabel("kbit/s")
         axes.set_ylabel(label)
         axes.grid(True, which="both", alpha=0.3)
-        axes.legend()
+        if plotted:
+            axes.legend()
+        else:  # agreement is undefined when the detector found nothing in the pristine frames
+            axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
         figure.tight_layout()
         path = out_dir / name
         figure.savefig(path, dpi=120)
@@ -634,7 +645,9 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--input", type=Path, action="append", metavar="FILE",
         help="a video file (repeatable; default: the generated scene of real photos, 30 fps)",
     )  # fmt: skip
-    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WxH (default 640x480)")
+    parser.add_argument(
+        "--size", type=parse_size, default=DEFAULT_SIZE, help="WxH (default 640x480)"
+    )
     parser.add_argument(
         "--frames", type=_positive_int, default=DEFAULT_FRAMES,
         help=f"frames per input (default {DEFAULT_FRAMES})",
@@ -662,7 +675,9 @@ def _create_detector(args: argparse.Namespace) -> Detector:
     from shelf_stream.engine import EngineConfig, create_detector
     from shelf_stream.engine.models import resolve_model
 
-    config = EngineConfig(model_path=resolve_model(args.model), score_threshold=args.score_threshold)
+    config = EngineConfig(
+        model_path=resolve_model(args.model), score_threshold=args.score_threshold
+    )
     return create_detector(config)
 
 
@@ -672,7 +687,11 @@ def _operating_points(args: argparse.Namespace) -> list[tuple[str, int]]:
 
 
 def _setting_label(codec: str, setting: int) -> str:
-    return f"{CODEC_LABELS[codec]} q{setting}" if codec == "jpeg_zlib" else f"{CODEC_LABELS[codec]} {setting}k"
+    return (
+        f"{CODEC_LABELS[codec]} q{setting}"
+        if codec == "jpeg_zlib"
+        else f"{CODEC_LABELS[codec]} {setting}k"
+    )
 
 
 def _measure_clip(
@@ -691,7 +710,8 @@ def _measure_clip(
         progress.advance(f"{clip.name}: {_setting_label(codec, setting)}")
     bgr_arrays = [frame.to_ndarray() for frame in clip.bgr]
     zlib_samples = {
-        q: [measure_zlib_on_jpeg(bgr, q) for bgr in bgr_arrays] for q in sorted(set(args.jpeg_qualities))
+        q: [measure_zlib_on_jpeg(bgr, q) for bgr in bgr_arrays]
+        for q in sorted(set(args.jpeg_qualities))
     }
     progress.advance(f"{clip.name}: zlib on JPEG")
     return stats, zlib_samples
@@ -700,7 +720,9 @@ def _measure_clip(
 def _curves(
     per_clip: Sequence[dict[tuple[str, int], PointStats]], keys: Sequence[tuple[str, int]]
 ) -> dict[str, list[dict[str, Any]]]:
-    curves: dict[str, list[dict[str, Any]]] = {codec: [] for codec in (*VIDEO_CODEC_NAMES, "jpeg_zlib")}
+    curves: dict[str, list[dict[str, Any]]] = {
+        codec: [] for codec in (*VIDEO_CODEC_NAMES, "jpeg_zlib")
+    }
     for key in keys:
         curves[key[0]].append(summarize_point([stats[key] for stats in per_clip]))
     return curves
@@ -725,9 +747,7 @@ def build_summary(
     return {
         "bench": "codec",
         "size": f"{width}x{height}",
-        "inputs": [
-            {"name": c.name, "frames": len(c.frames), "fps": c.fps} for c in clips
-        ],
+        "inputs": [{"name": c.name, "frames": len(c.frames), "fps": c.fps} for c in clips],
         "detect_every": args.detect_every,
         "score_threshold": args.score_threshold,
         "reference": reference,
@@ -785,7 +805,9 @@ def run_codec_bench(
     summary = build_summary(args, clips, per_clip, zlib_samples)
     csv_path = args.out / "codec_points.csv"
     write_csv(csv_path, _csv_rows(summary))
-    plots = write_plots(args.out, {c: summary[c]["points"] for c in (*VIDEO_CODEC_NAMES, "jpeg_zlib")})
+    plots = write_plots(
+        args.out, {c: summary[c]["points"] for c in (*VIDEO_CODEC_NAMES, "jpeg_zlib")}
+    )
     summary["outputs"] = {"csv": str(csv_path), "plots": [str(p) for p in plots]}
     summary["runtime_s"] = time.monotonic() - started
     print_fn(_report(summary, plots))
@@ -798,7 +820,9 @@ def run_codec_bench(
 
 
 def _report(summary: dict[str, Any], plots: Sequence[Path]) -> str:
-    inputs = ", ".join(f"{i['name']} ({i['frames']} frames @ {i['fps']:g} fps)" for i in summary["inputs"])
+    inputs = ", ".join(
+        f"{i['name']} ({i['frames']} frames @ {i['fps']:g} fps)" for i in summary["inputs"]
+    )
     curves = {c: summary[c]["points"] for c in (*VIDEO_CODEC_NAMES, "jpeg_zlib")}
     plot_note = ", ".join(str(p) for p in plots) or "none (pip install shelf-stream[bench])"
     every = summary["detect_every"]

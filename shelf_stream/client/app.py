@@ -101,6 +101,17 @@ class StreamClient:
         self._keyframe_wanted = threading.Event()
         self._seq = 0
         self._status_printed = False
+        self._capture: CaptureThread | None = None
+        self._stop_requested = False
+
+    def request_stop(self) -> None:
+        """Finish gracefully: stop capturing, send what is encoded, wait for answers.
+
+        Call on the event loop (e.g. from a SIGINT handler).
+        """
+        self._stop_requested = True
+        if self._capture is not None:
+            self._capture.stop()
 
     async def run(self) -> dict[str, Any]:
         """Stream until the source ends, the duration passes or the task is cancelled."""
@@ -214,6 +225,9 @@ class StreamClient:
             duration_s=self.config.duration_s,
             on_skipped=lambda captured: _call_soon(loop, self._on_skipped, captured),
         )
+        self._capture = capture
+        if self._stop_requested:
+            capture.stop()
         stop_encoding = threading.Event()
         encoder_thread = threading.Thread(
             target=self._encode_loop,
@@ -229,6 +243,8 @@ class StreamClient:
             await self._send_loop(ws, send_queue, receiver)
             await ws.send(self._proto.send(p.Bye()))
             await self._wait_answers(receiver)
+        except ConnectionClosed as exc:
+            log.warning("the server closed the connection: %s", exc)
         finally:
             capture.stop()
             stop_encoding.set()

@@ -268,7 +268,14 @@ class Session:
     async def _decode_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while (arrival := await self._decode_queue.get()) is not None:
-            decoded = await loop.run_in_executor(self._executor, self._decode_one, arrival.video)
+            try:
+                decoded = await loop.run_in_executor(
+                    self._executor, self._decode_one, arrival.video
+                )
+            except Exception:
+                # A bug or an unforeseen library error must cost this frame, not the stream.
+                log.exception("stream %d: decoding pts %d failed", self.id, arrival.video.pts)
+                decoded = _Decoded(DecodeResult((), "decode_error", True), [], self._clock())
             self._after_decode(arrival, decoded)
         flushed = await loop.run_in_executor(self._executor, self._flush)
         if flushed is not None:
