@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", help="require this shared secret (or $SHELF_STREAM_TOKEN)")
     serve.add_argument("--max-streams", type=_positive_int, default=32)
     serve.add_argument(
+        "--codecs", default="hevc,h264",
+        help="codecs clients may stream (default hevc,h264; add jpeg_zlib for the seed baseline)",
+    )  # fmt: skip
+    serve.add_argument(
         "--max-frame-age-ms", type=_positive_float, default=500.0,
         help="answer frames older than this as dropped instead of running them late",
     )  # fmt: skip
@@ -190,6 +194,18 @@ def _source_spec(args: argparse.Namespace) -> Any:
     )
 
 
+def _codecs(text: str) -> tuple[str, ...]:
+    from shelf_stream.codec import CODECS
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in CODECS]
+    if unknown or not names:
+        raise ConfigError(
+            f"--codecs: unknown {', '.join(unknown)}; choose from {', '.join(CODECS)}"
+        )
+    return names
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from shelf_stream.engine import create_detector
     from shelf_stream.protocol import ServerLimits
@@ -202,7 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         token=args.token or os.environ.get("SHELF_STREAM_TOKEN") or None,
         max_streams=args.max_streams,
-        limits=ServerLimits(),
+        limits=ServerLimits(codecs=_codecs(args.codecs)),
         scheduler=SchedulerConfig(max_frame_age_ms=args.max_frame_age_ms),
     )
     asyncio.run(run_server(config, lambda: create_detector(engine_config)))

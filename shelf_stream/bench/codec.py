@@ -38,7 +38,10 @@ from typing import Any, Literal, TextIO
 import av
 import numpy as np
 
-from shelf_stream.bench.detection_metrics import mean_average_precision
+from shelf_stream.bench.detection_metrics import (
+    average_precision_per_class,
+    mean_average_precision,
+)
 from shelf_stream.codec import EncoderConfig, get_decoder, get_encoder
 from shelf_stream.codec.base import TIME_BASE
 from shelf_stream.codec.metrics import luma, psnr
@@ -58,6 +61,12 @@ DEFAULT_OUT_DIR = Path("bench-out/codec")
 #: Detector on every frame: measured ~20 ms/frame at 640x480 on the 2-core box, so the
 #: default run stays within a few minutes without thinning (see benchmarks/README.md).
 DEFAULT_DETECT_EVERY = 1
+#: Ground truth is the pristine detections at the server's score threshold; predictions
+#: are kept down to this low score, as mAP evaluations do, so that a box whose score
+#: slips just under the threshold after compression still counts (ranked by its score)
+#: instead of flipping its class's AP from 1 to 0.
+DEFAULT_GT_SCORE_THRESHOLD = 0.3
+DEFAULT_PREDICTION_SCORE_THRESHOLD = 0.05
 #: Per-frame PSNR of identical planes is infinite; cap it so means and JSON stay finite.
 MAX_PSNR_DB = 100.0
 #: How far (in kbit/s, as a factor beyond the measured end) an equal-quality rate may be
@@ -111,7 +120,7 @@ def load_clip(path: Path | None, size: tuple[int, int], max_frames: int) -> Clip
             raise ConfigError(f"cannot read input {path}: {exc}") from exc
     with source:
         fps = source.fps or SCENE_FPS
-        frames = []
+        frames: list[av.VideoFrame] = []
         while len(frames) < max_frames:
             frame = source.read()
             if frame is None:
@@ -177,14 +186,20 @@ def _p95(values: Sequence[float]) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), 95))
 
 
-def summarize_point(parts: Sequence[PointStats]) -> dict[str, Any]:
+def _class_name(class_id: int, class_names: Sequence[str]) -> str:
+    return class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
+
+
+def summarize_point(
+    parts: Sequence[PointStats], class_names: Sequence[str] = ()
+) -> dict[str, Any]:
     """One operating point's figures, pooled over the clips' frames."""
     first = parts[0]
     sizes = [b for p in parts for b in p.bytes]
     seconds = sum(p.seconds for p in parts)
-    agreement = mean_average_precision(
-        [d for p in parts for d in p.ground_truth], [d for p in parts for d in p.predictions]
-    )
+    truth = [d for p in parts for d in p.ground_truth]
+    predictions = [d for p in parts for d in p.predictions]
+    per_class = average_precision_per_class(truth, predictions)
     setting_key = "jpeg_quality" if first.codec == "jpeg_zlib" else "bitrate_kbps"
     return {
         "codec": first.codec,
@@ -197,8 +212,10 @@ def summarize_point(parts: Sequence[PointStats]) -> dict[str, Any]:
         "ssim": float(np.mean([v for p in parts for v in p.ssim])),
         "encode_ms": float(np.mean([v for p in parts for v in p.encode_ms])),
         "decode_ms": float(np.mean([v for p in parts for v in p.decode_ms])),
-        "agreement_map50": agreement,
-        "agreement_frames": sum(len(p.predictions) for p in parts),
+        "agreement_map50": mean_average_precision(truth, predictions),
+        "agreement_frames": len(predictions),
+        # The mean weighs every class alike: a class seen once can move it by 1/classes.
+        "agreement_ap_per_class": {_class_name(c, class_names): ap for c, ap in per_class.items()},
     }
 
 
@@ -276,9 +293,35 @@ def run_point(
     return stats
 
 
-def detect_pristine(clip: Clip, detector: Detector, every: int) -> dict[int, Detections]:
-    """The detector's output on every ``every``-th pristine frame: the ground truth."""
-    return {i: detector.detect([clip.frames[i]])[0] for i in range(0, len(clip.frames), every)}
+def above_score(detections: Detections, min_score: float) -> Detections:
+    """Only the detections scoring at least ``min_score``."""
+    keep = detections.scores >= min_score
+    return Detections(detections.boxes[keep], detections.scores[keep], detections.class_ids[keep])
+
+
+def detect_pristine(
+    clip: Clip, detector: Detector, every: int, min_score: float
+) -> dict[int, Detections]:
+    """The detector's output (scores >= ``min_score``) on every ``every``-th pristine
+    frame: the ground truth."""
+    return {
+        i: above_score(detector.detect([clip.frames[i]])[0], min_score)
+        for i in range(0, len(clip.frames), every)
+    }
+
+
+def ground_truth_counts(
+    per_clip: Sequence[dict[tuple[str, int], PointStats]], class_names: Sequence[str]
+) -> dict[str, int]:
+    """Ground-truth boxes per class over all clips (every point shares the same truth)."""
+    counts: dict[str, int] = {}
+    for stats in per_clip:
+        truth = next(iter(stats.values())).ground_truth
+        for detections in truth:
+            for class_id in detections.class_ids:
+                name = _class_name(int(class_id), class_names)
+                counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 # ------------------------------------------------------------------- zlib on JPEG
@@ -661,7 +704,16 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="Q", help="JPEG+zlib qualities (default 50 70 80 90 95; 95 is the seed's)",
     )  # fmt: skip
     parser.add_argument("--model", help="ONNX model path (default: as shelf-stream serve)")
-    parser.add_argument("--score-threshold", type=float, default=0.3)
+    parser.add_argument(
+        "--score-threshold", type=float, default=DEFAULT_GT_SCORE_THRESHOLD,
+        help="pristine detections at or above this are the ground truth (default 0.3, "
+        "as the server)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--prediction-score-threshold", type=float,
+        default=DEFAULT_PREDICTION_SCORE_THRESHOLD,
+        help="detections on decoded frames are kept down to this score for mAP (default 0.05)",
+    )  # fmt: skip
     parser.add_argument(
         "--detect-every", type=_positive_int, default=DEFAULT_DETECT_EVERY, metavar="K",
         help="detection agreement on every K-th frame (default 1: every frame)",
@@ -675,9 +727,9 @@ def _create_detector(args: argparse.Namespace) -> Detector:
     from shelf_stream.engine import EngineConfig, create_detector
     from shelf_stream.engine.models import resolve_model
 
-    config = EngineConfig(
-        model_path=resolve_model(args.model), score_threshold=args.score_threshold
-    )
+    # One detector for both sides, at the lower threshold; the ground truth is filtered.
+    threshold = min(args.score_threshold, args.prediction_score_threshold)
+    config = EngineConfig(model_path=resolve_model(args.model), score_threshold=threshold)
     return create_detector(config)
 
 
@@ -701,7 +753,7 @@ def _measure_clip(
     progress: ProgressBar,
 ) -> tuple[dict[tuple[str, int], PointStats], dict[int, list[ZlibOnJpeg]]]:
     progress.show(f"{clip.name}: detections on pristine frames")
-    truth = detect_pristine(clip, detector, args.detect_every)
+    truth = detect_pristine(clip, detector, args.detect_every, args.score_threshold)
     progress.advance(f"{clip.name}: pristine detections")
     stats = {}
     for codec, setting in _operating_points(args):
@@ -718,13 +770,15 @@ def _measure_clip(
 
 
 def _curves(
-    per_clip: Sequence[dict[tuple[str, int], PointStats]], keys: Sequence[tuple[str, int]]
+    per_clip: Sequence[dict[tuple[str, int], PointStats]],
+    keys: Sequence[tuple[str, int]],
+    class_names: Sequence[str],
 ) -> dict[str, list[dict[str, Any]]]:
     curves: dict[str, list[dict[str, Any]]] = {
         codec: [] for codec in (*VIDEO_CODEC_NAMES, "jpeg_zlib")
     }
     for key in keys:
-        curves[key[0]].append(summarize_point([stats[key] for stats in per_clip]))
+        curves[key[0]].append(summarize_point([stats[key] for stats in per_clip], class_names))
     return curves
 
 
@@ -733,10 +787,11 @@ def build_summary(
     clips: Sequence[Clip],
     per_clip: Sequence[dict[tuple[str, int], PointStats]],
     zlib_samples: dict[int, list[ZlibOnJpeg]],
+    class_names: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The JSON summary: pooled curves, the equal-quality ratios and zlib's share."""
     keys = _operating_points(args)
-    curves = _curves(per_clip, keys)
+    curves = _curves(per_clip, keys, class_names)
     ref_q = reference_quality(args.jpeg_qualities)
     reference = next(p for p in curves["jpeg_zlib"] if p["jpeg_quality"] == ref_q)
     video = {codec: curves[codec] for codec in VIDEO_CODEC_NAMES}
@@ -750,6 +805,8 @@ def build_summary(
         "inputs": [{"name": c.name, "frames": len(c.frames), "fps": c.fps} for c in clips],
         "detect_every": args.detect_every,
         "score_threshold": args.score_threshold,
+        "prediction_score_threshold": args.prediction_score_threshold,
+        "ground_truth_boxes": ground_truth_counts(per_clip, class_names),
         "reference": reference,
         "bytes_ratio_at_equal_ssim": equal_ssim["hevc"]["ratio"],
         "bytes_ratio_at_equal_agreement": equal_agreement["hevc"]["ratio"],
@@ -761,7 +818,10 @@ def build_summary(
         },
         **{codec: {"points": points} for codec, points in curves.items()},
         "per_input": [
-            {"name": clip.name, **_curves([stats], keys)}
+            {
+                "name": clip.name,
+                **{c: {"points": pts} for c, pts in _curves([stats], keys, class_names).items()},
+            }
             for clip, stats in zip(clips, per_clip, strict=True)
         ]
         if len(clips) > 1
@@ -770,12 +830,11 @@ def build_summary(
 
 
 def _csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     blocks = [("all", summary), *((entry["name"], entry) for entry in summary["per_input"])]
     for name, block in blocks:
         for codec in (*VIDEO_CODEC_NAMES, "jpeg_zlib"):
-            points = block[codec]["points"] if name == "all" else block[codec]
-            rows.extend({"input": name, **point} for point in points)
+            rows.extend({"input": name, **point} for point in block[codec]["points"])
     return rows
 
 
@@ -786,6 +845,7 @@ def run_codec_bench(
     started = time.monotonic()
     inputs: list[Path | None] = list(args.input) if args.input else [None]
     detector = _create_detector(args)
+    class_names, model = detector.class_names, detector.model_name
     steps = len(inputs) * (len(_operating_points(args)) + 2)
     progress = ProgressBar(steps)
     per_clip, clips = [], []
@@ -802,7 +862,8 @@ def run_codec_bench(
     finally:
         progress.close()
         detector.close()
-    summary = build_summary(args, clips, per_clip, zlib_samples)
+    summary = build_summary(args, clips, per_clip, zlib_samples, class_names)
+    summary["model"] = model
     csv_path = args.out / "codec_points.csv"
     write_csv(csv_path, _csv_rows(summary))
     plots = write_plots(

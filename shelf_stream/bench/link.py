@@ -515,8 +515,8 @@ class _Pump:
 
     def _deliver(self) -> None:
         self._timer = None
-        if self._stopped:
-            return
+        if self._stopped or self._dst.is_closing():
+            return  # the connection is being torn down; connection_lost stops this pump
         now = self._loop.time()
         while self._pending and not self._write_paused and self._pending[0][0] <= now:
             _, chunk = self._pending.popleft()

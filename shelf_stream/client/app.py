@@ -64,6 +64,9 @@ class ClientConfig:
     results_path: Path | None = None
     save_path: Path | None = None
     send_queue_units: int = 2
+    # Stop-and-wait like the seed system (1: the next frame only after the answer);
+    # None streams without waiting for answers.
+    max_in_flight: int | None = None
     write_limit_bytes: int = 64 * 1024
     answer_timeout_s: float = 5.0
     connect_timeout_s: float = 10.0
@@ -102,6 +105,9 @@ class StreamClient:
         self._seq = 0
         self._status_printed = False
         self._capture: CaptureThread | None = None
+        self._in_flight = (
+            threading.Semaphore(config.max_in_flight) if config.max_in_flight else None
+        )
         self._stop_requested = False
 
     def request_stop(self) -> None:
@@ -273,8 +279,12 @@ class StreamClient:
         told_sender = False
         try:
             while not stop.is_set():
+                if self._in_flight is not None and not self._in_flight.acquire(timeout=0.1):
+                    continue  # stop-and-wait: the previous frame is not answered yet
                 captured = slot.get(timeout=0.1)
                 if captured is None:
+                    if self._in_flight is not None:
+                        self._in_flight.release()
                     if slot.closed:
                         # The source ended: every unit is queued, then the end marker.
                         told_sender = _put_blocking(send_queue, None, loop, stop)
@@ -296,9 +306,15 @@ class StreamClient:
     async def _send_loop(
         self, ws: WebSocket, send_queue: asyncio.Queue[_Unit | None], receiver: asyncio.Task[None]
     ) -> None:
-        while (unit := await send_queue.get()) is not None:
+        while True:
+            next_unit = asyncio.ensure_future(send_queue.get())
+            await asyncio.wait({next_unit, receiver}, return_when=asyncio.FIRST_COMPLETED)
             if receiver.done():
+                next_unit.cancel()
                 return  # the server went away or refused us; the receiver says why
+            unit = next_unit.result()
+            if unit is None:
+                return
             encoded = unit.encoded
             message = self._proto.send(
                 p.Video(
@@ -359,6 +375,8 @@ class StreamClient:
         else:
             return
         if record is not None:
+            if self._in_flight is not None:
+                self._in_flight.release()
             self._emit(record)
 
     def _on_skipped(self, captured: CapturedFrame) -> None:

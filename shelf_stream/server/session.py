@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from shelf_stream import protocol as p
 from shelf_stream.codec.recovery import DecodeResult, RecoveringDecoder
 from shelf_stream.engine.base import Detections, Detector, PreparedImage
-from shelf_stream.errors import RemoteProtocolError
+from shelf_stream.errors import RemoteProtocolError, ShelfStreamError
 from shelf_stream.server.config import ServerConfig
 from shelf_stream.server.scheduler import InferenceScheduler, PendingFrame
 
@@ -170,7 +170,14 @@ class Session:
         hello = events[0]
         self._check_token(hello)
         self._hello = hello
-        self._decoder = RecoveringDecoder(hello.codec)
+        try:
+            self._decoder = RecoveringDecoder(hello.codec)
+        except ShelfStreamError as exc:
+            raise RemoteProtocolError(
+                f"codec {hello.codec} cannot be decoded here: {exc}",
+                code=p.ErrorCode.UNSUPPORTED_CODEC,
+                close_code=p.ErrorCode.UNSUPPORTED_CODEC.close_code,
+            ) from exc
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-{self.id}")
         self.scheduler.register(self.id, self._on_inferred)
         ready = p.Ready(
