@@ -190,9 +190,7 @@ def _class_name(class_id: int, class_names: Sequence[str]) -> str:
     return class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
 
 
-def summarize_point(
-    parts: Sequence[PointStats], class_names: Sequence[str] = ()
-) -> dict[str, Any]:
+def summarize_point(parts: Sequence[PointStats], class_names: Sequence[str] = ()) -> dict[str, Any]:
     """One operating point's figures, pooled over the clips' frames."""
     first = parts[0]
     sizes = [b for p in parts for b in p.bytes]
@@ -888,9 +886,13 @@ def _report(summary: dict[str, Any], plots: Sequence[Path]) -> str:
     plot_note = ", ".join(str(p) for p in plots) or "none (pip install shelf-stream[bench])"
     every = summary["detect_every"]
     frames = "every frame" if every == 1 else f"every {every}th frame"
+    truth = ", ".join(f"{n} {c}" for n, c in summary["ground_truth_boxes"].items()) or "none"
     return "\n".join(
         [
-            f"codec bench at {summary['size']}: {inputs}; detection agreement on {frames}",
+            f"codec bench at {summary['size']}: {inputs}",
+            f"detection agreement ({summary['model']}) on {frames}: ground truth = pristine "
+            f"detections with score >= {summary['score_threshold']:g} ({truth}); "
+            f"predictions kept down to {summary['prediction_score_threshold']:g}",
             "",
             format_table(curves),
             "",

@@ -132,4 +132,7 @@ def _draw(image: np.ndarray, record: FrameRecord) -> None:
     boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float32)
     scores = np.array([d.score for d in dets], np.float32)
     class_ids = np.array([d.class_id for d in dets], np.int32)
-    draw_detections(image, boxes, scores, class_ids, [d.label for d in dets])
+    # draw_detections takes a class-name table indexed by class id.
+    names = {d.class_id: d.label or str(d.class_id) for d in dets}
+    table = [names.get(class_id, str(class_id)) for class_id in range(max(names) + 1)]
+    draw_detections(image, boxes, scores, class_ids, table)

@@ -243,6 +243,11 @@ def test_end_to_end_on_the_generated_scene(model_path: Path, tmp_path: Path) -> 
     check_points(summary["h264"]["points"], "bitrate_kbps", [150, 600])
     check_points(summary["jpeg_zlib"]["points"], "jpeg_quality", [60, 95])
     assert summary["reference"]["jpeg_quality"] == 95
+    # The scene shows photographs with people and animals: the detector finds something.
+    assert sum(summary["ground_truth_boxes"].values()) > 0
+    assert set(summary["hevc"]["points"][0]["agreement_ap_per_class"]) == set(
+        summary["ground_truth_boxes"]
+    )
     ratio = summary["bytes_ratio_at_equal_ssim"]
     assert ratio is not None and ratio > 0
     assert ratio == summary["equal_ssim"]["hevc"]["ratio"]
@@ -289,5 +294,6 @@ def test_cli_pools_several_file_inputs(model_path: Path, tmp_path: Path) -> None
     assert summary["inputs"][0]["fps"] == pytest.approx(25.0)
     assert summary["hevc"]["points"][0]["frames"] == 8
     assert [entry["name"] for entry in summary["per_input"]] == [str(c) for c in clips]
+    assert summary["per_input"][1]["jpeg_zlib"]["points"][0]["frames"] == 4
     with open(tmp_path / "out" / "codec_points.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 3 * 3  # pooled + one block per input
