@@ -12,7 +12,9 @@ Thread and task ownership:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import sys
 import threading
 import time
@@ -68,6 +70,9 @@ class ClientConfig:
     # None streams without waiting for answers.
     max_in_flight: int | None = None
     write_limit_bytes: int = 64 * 1024
+    # Linux: unsent bytes the kernel may hold per socket (TCP_NOTSENT_LOWAT). Without
+    # it a send buffer of megabytes hides a slow link from the pacing for seconds.
+    socket_unsent_limit_bytes: int = 16 * 1024
     answer_timeout_s: float = 5.0
     connect_timeout_s: float = 10.0
     status: bool = True
@@ -164,7 +169,7 @@ class StreamClient:
 
     async def _connect(self) -> WebSocket:
         try:
-            return await connect(
+            ws = await connect(
                 self.config.url,
                 compression=None,
                 max_size=p.DEFAULT_MAX_MESSAGE_BYTES + p.HEADER.size,
@@ -174,6 +179,8 @@ class StreamClient:
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise ConfigError(f"cannot connect to {self.config.url}: {exc}") from exc
+        _limit_unsent_bytes(ws, self.config.socket_unsent_limit_bytes)
+        return ws
 
     async def _handshake(self, ws: WebSocket, enc: EncoderConfig) -> None:
         hello = p.Hello(
@@ -403,6 +410,17 @@ class StreamClient:
     def _end_status(self) -> None:
         if self._status_printed:
             sys.stderr.write("\n")
+
+
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value
+
+
+def _limit_unsent_bytes(ws: WebSocket, limit: int) -> None:
+    sock = ws.transport.get_extra_info("socket")
+    if sock is None or not sys.platform.startswith("linux") or limit <= 0:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, limit)
 
 
 def _call_soon(

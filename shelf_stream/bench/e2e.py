@@ -1,0 +1,212 @@
+"""``shelf-bench e2e``: the seed's baseline against the H.265 stream over an emulated link.
+
+One real ``shelf-stream serve`` process; for each link, both clients run in turn through
+the same ``LinkRelay`` settings:
+
+(a) the seed system: each frame JPEG at OpenCV's default quality (95) + zlib, and the
+    next frame only after the answer (stop-and-wait);
+(b) shelf-stream: one continuous H.265 stream, frames pipelined, answers by pts.
+
+For each it reports achieved vs offered FPS, frames skipped, capture→result latency
+percentiles, bytes per frame, link utilisation, and the physical floor of that link:
+one-way delay out and back + the frame's serialisation time + encode, decode and
+inference compute, so the overhead above the floor is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from shelf_stream.bench.link import LinkConfig, LinkRelay, parse_link
+from shelf_stream.bench.loopback import free_port, start_server
+from shelf_stream.client.app import ClientConfig, StreamClient
+from shelf_stream.client.sources import SourceSpec
+
+DEFAULT_LINK = "35:10"  # the seed's situation: 35 ms RTT, 10 Mbit/s
+
+
+@dataclass(frozen=True, slots=True)
+class Contender:
+    name: str
+    codec: str
+    max_in_flight: int | None
+    bitrate_kbps: int
+
+
+def add_e2e_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "e2e", help="the seed's JPEG+zlib stop-and-wait vs the H.265 stream over an emulated link"
+    )
+    parser.add_argument(
+        "--link",
+        action="append",
+        type=parse_link,
+        help=f"RTT_MS:MBITPS[:JITTER_MS] (repeat for a sweep; default {DEFAULT_LINK})",
+    )
+    parser.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
+    parser.add_argument("--fps", type=float, default=30.0, help="offered frame rate (default 30)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per contender")
+    parser.add_argument("--input", type=Path, help="a video file (default: the demo scene)")
+    parser.add_argument("--bitrate", type=int, default=1500, help="H.265 kbit/s (default 1500)")
+    parser.add_argument("--model", help="ONNX model (default: the usual lookup)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+
+
+def run_e2e_bench(args: argparse.Namespace) -> dict[str, Any]:
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    links: list[LinkConfig] = args.link or [parse_link(DEFAULT_LINK)]
+    contenders = [
+        Contender("baseline", "jpeg_zlib", 1, args.bitrate),
+        Contender("hevc", "hevc", None, args.bitrate),
+    ]
+    port = free_port()
+    server = start_server(port, args.model, ["--codecs", "hevc,h264,jpeg_zlib"])
+    runs = []
+    try:
+        for link in links:
+            results = {}
+            for contender in contenders:
+                _progress(f"{contender.name} over {link} for {args.duration:g} s")
+                config = _client_config(args, contender, width, height)
+                results[contender.name] = asyncio.run(_run_through_link(port, link, config))
+            runs.append(_compare(link, args.fps, results))
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+    report = {"summary": runs[0], "links": runs}
+    print(format_report(runs))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _progress(text: str) -> None:
+    print(f"... {text}", file=sys.stderr, flush=True)
+
+
+def _client_config(
+    args: argparse.Namespace, contender: Contender, width: int, height: int
+) -> ClientConfig:
+    if args.input is not None:
+        source = SourceSpec(kind="file", path=args.input, loop=True)
+    else:
+        source = SourceSpec(kind="scene", width=width, height=height, fps=args.fps)
+    return ClientConfig(
+        url="",  # set per run: the relay's port
+        source=source,
+        codec=contender.codec,
+        width=width,
+        height=height,
+        fps=args.fps,
+        bitrate_kbps=contender.bitrate_kbps,
+        max_in_flight=contender.max_in_flight,
+        duration_s=args.duration,
+        status=False,
+    )
+
+
+async def _run_through_link(
+    server_port: int, link: LinkConfig, config: ClientConfig
+) -> dict[str, Any]:
+    async with LinkRelay("127.0.0.1", server_port, link) as relay:
+        client = StreamClient(replace(config, url=f"ws://127.0.0.1:{relay.port}"))
+        summary = await client.run()
+        summary["link_utilisation"] = round(relay.uplink.utilisation(), 3)
+        return summary
+
+
+def physical_floor_ms(link: LinkConfig, summary: dict[str, Any]) -> float:
+    """The least latency this link allows one frame: delay both ways, its serialisation
+    on the link, and the compute it needs (encode, decode, inference)."""
+    serialisation_ms = summary["bytes_per_frame"] * 8 / (link.mbit_per_s * 1e6) * 1000
+    compute_ms = sum(
+        summary[key] or 0.0 for key in ("encode_ms_mean", "decode_ms_mean", "infer_ms_mean")
+    )
+    return link.rtt_ms + serialisation_ms + compute_ms
+
+
+def _block(link: LinkConfig, offered_fps: float, summary: dict[str, Any]) -> dict[str, Any]:
+    latency = summary["latency_ms"]
+    floor = physical_floor_ms(link, summary)
+    return {
+        "fps": summary["fps"],
+        "offered_fps": offered_fps,
+        "frames_skipped": summary["skipped_at_capture"],
+        "frames_dropped_by_server": summary["dropped_by_server"],
+        "latency_ms_p50": latency["p50"],
+        "latency_ms_p95": latency["p95"],
+        "latency_ms_p99": latency["p99"],
+        "bytes_per_frame": summary["bytes_per_frame"],
+        "kbit_per_s": summary["kbit_per_s"],
+        "link_utilisation": summary["link_utilisation"],
+        "floor_ms": round(floor, 1),
+        "overhead_above_floor_ms_p50": (
+            round(latency["p50"] - floor, 1) if latency["p50"] is not None else None
+        ),
+        "encode_ms_mean": summary["encode_ms_mean"],
+        "decode_ms_mean": summary["decode_ms_mean"],
+        "infer_ms_mean": summary["infer_ms_mean"],
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def _compare(link: LinkConfig, fps: float, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    baseline = _block(link, fps, results["baseline"])
+    hevc = _block(link, fps, results["hevc"])
+    return {
+        "link": {"rtt_ms": link.rtt_ms, "mbit_per_s": link.mbit_per_s, "jitter_ms": link.jitter_ms},
+        "baseline": baseline,
+        "hevc": hevc,
+        "fps_ratio": _ratio(hevc["fps"], baseline["fps"]),
+        "latency_ratio_p50": _ratio(baseline["latency_ms_p50"], hevc["latency_ms_p50"]),
+        "bytes_ratio": _ratio(baseline["bytes_per_frame"], hevc["bytes_per_frame"]),
+    }
+
+
+def format_report(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        ("achieved / offered fps", "fps", "offered_fps"),
+        ("frames skipped at capture", "frames_skipped", None),
+        ("latency p50 / p95 / p99 ms", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99"),
+        ("bytes per frame", "bytes_per_frame", None),
+        ("link utilisation", "link_utilisation", None),
+        ("physical floor ms", "floor_ms", None),
+        ("p50 above the floor ms", "overhead_above_floor_ms_p50", None),
+    ]
+    lines = []
+    for run in runs:
+        link = run["link"]
+        lines.append(
+            f"\nlink: {link['rtt_ms']:g} ms RTT, {link['mbit_per_s']:g} Mbit/s"
+            + (f", {link['jitter_ms']:g} ms jitter" if link["jitter_ms"] else "")
+        )
+        lines.append(f"{'':30}{'seed JPEG+zlib':>22}{'shelf-stream H.265':>22}")
+        for label, *keys in rows:
+            cells = [
+                " / ".join(_fmt(run[side][k]) for k in keys if k is not None)
+                for side in ("baseline", "hevc")
+            ]
+            lines.append(f"{label:30}{cells[0]:>22}{cells[1]:>22}")
+        lines.append(
+            f"ratios seed/H.265: frame rate x{run['fps_ratio']} (H.265/seed), "
+            f"p50 latency x{run['latency_ratio_p50']} (seed/H.265), "
+            f"bytes per frame x{run['bytes_ratio']} (seed/H.265)"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    return str(value)

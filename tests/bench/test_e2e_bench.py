@@ -1,0 +1,41 @@
+"""``shelf-bench e2e``: the floor arithmetic, and one tiny real run through the relay."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from shelf_stream.bench.e2e import add_e2e_parser, physical_floor_ms, run_e2e_bench
+from shelf_stream.bench.link import LinkConfig
+
+
+def test_floor_is_delay_both_ways_plus_serialisation_plus_compute() -> None:
+    summary = {"bytes_per_frame": 12_500, "encode_ms_mean": 5.0, "decode_ms_mean": 2.0,
+               "infer_ms_mean": 10.0}  # fmt: skip
+    # 35 ms RTT + 12 500 B at 10 Mbit/s (10 ms) + 17 ms compute
+    assert physical_floor_ms(LinkConfig(35, 10), summary) == pytest.approx(62.0)
+
+
+@pytest.mark.timeout(120)
+def test_tiny_run_reports_both_contenders(model_path: Path, tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_e2e_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "e2e.json"
+    args = parser.parse_args(
+        ["e2e", "--link", "20:20", "--size", "320x240", "--fps", "10", "--duration", "2",
+         "--model", str(model_path), "--json", str(out)]
+    )  # fmt: skip
+    report = run_e2e_bench(args)
+    assert json.loads(out.read_text()) == report
+    summary = report["summary"]
+    for side in ("baseline", "hevc"):
+        block = summary[side]
+        assert block["fps"] > 0
+        assert block["bytes_per_frame"] > 0
+        assert block["latency_ms_p50"] >= 20.0, "no answer can beat the emulated RTT"
+        assert block["floor_ms"] >= 20.0
+    assert summary["baseline"]["bytes_per_frame"] > summary["hevc"]["bytes_per_frame"]
+    assert summary["fps_ratio"] is not None and summary["latency_ratio_p50"] is not None
