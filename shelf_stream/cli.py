@@ -68,7 +68,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--score-threshold", type=float, default=0.3)
     group.add_argument(
-        "--threads", type=int, default=0, help="inference threads (0: runtime default)"
+        "--threads", type=int, default=0, help="inference threads (default 0: half the CPU cores)"
     )
 
 

@@ -29,6 +29,15 @@ Bodies:
 * Error (both ways): ``code u16`` (ErrorCode) then UTF-8 text.
 * Bye (client → server): empty; the client sends no more video, the server answers
   every pending pts and then closes normally.
+* Feedback (server → client), every ``feedback_interval_ms`` while video flows:
+  ``count u16`` then ``count`` pairs of ``seq u32, arrival_us i64``: when each Video
+  message arrived, on the server's clock. The client compares arrival spacing with its
+  own send spacing (one-way delay variation, as WebRTC's GCC does), so no clock sync
+  is needed.
+* Probe (client → server), before streaming: ``probe_id u32, send_us i64`` then
+  padding; the server answers each at once with ProbeAck (server → client):
+  ``probe_id u32, send_us i64 (echoed), arrival_us i64 (server clock), size u32``.
+  RTT comes from the echo, throughput from the arrival spread of a burst.
 
 Every pts the client sends gets exactly one Result or Dropped.
 """
@@ -56,6 +65,11 @@ DETECTION = struct.Struct("!Hfffff")
 DROPPED = struct.Struct("!qqB")
 REASON = struct.Struct("!B")
 ERROR_CODE = struct.Struct("!H")
+FEEDBACK_COUNT = struct.Struct("!H")
+FEEDBACK_ENTRY = struct.Struct("!Iq")
+PROBE = struct.Struct("!Iq")
+PROBE_ACK = struct.Struct("!IqqI")
+MAX_FEEDBACK_ENTRIES = 1024
 
 FLAG_KEYFRAME = 0x01
 
@@ -75,7 +89,10 @@ class MessageType(enum.IntEnum):
     DROPPED = 5
     KEYFRAME_REQUEST = 6
     ERROR = 7
+    FEEDBACK = 8
     BYE = 9
+    PROBE = 10
+    PROBE_ACK = 11
 
 
 class ErrorCode(enum.IntEnum):
@@ -208,7 +225,41 @@ class Bye:
     pass
 
 
-Event = Hello | Ready | Video | Result | Dropped | KeyframeRequest | Error | Bye
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """Arrival times (server clock, µs) of Video messages, by their seq."""
+
+    arrivals: tuple[tuple[int, int], ...]  # (seq, arrival_us)
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    probe_id: int
+    send_us: int  # client clock
+    padding: int = 0  # bytes of padding after the header
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAck:
+    probe_id: int
+    send_us: int  # echoed from the Probe
+    arrival_us: int  # server clock
+    size: int  # bytes of the Probe message as received
+
+
+Event = (
+    Hello
+    | Ready
+    | Video
+    | Result
+    | Dropped
+    | KeyframeRequest
+    | Error
+    | Bye
+    | Feedback
+    | Probe
+    | ProbeAck
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -281,6 +332,17 @@ def encode_event(event: Event) -> bytes:
             return _record(MessageType.ERROR, ERROR_CODE.pack(event.code) + text.encode())
         case Bye():
             return _record(MessageType.BYE, b"")
+        case Feedback():
+            body = FEEDBACK_COUNT.pack(len(event.arrivals)) + b"".join(
+                FEEDBACK_ENTRY.pack(seq, arrival) for seq, arrival in event.arrivals
+            )
+            return _record(MessageType.FEEDBACK, body)
+        case Probe():
+            head = PROBE.pack(event.probe_id, event.send_us)
+            return _record(MessageType.PROBE, head + bytes(event.padding))
+        case ProbeAck():
+            body = PROBE_ACK.pack(event.probe_id, event.send_us, event.arrival_us, event.size)
+            return _record(MessageType.PROBE_ACK, body)
     raise LocalProtocolError(f"not a protocol event: {event!r}")
 
 
@@ -480,6 +542,34 @@ def parse_error(body: bytes) -> Error:
     return Error(error_code, text)
 
 
+def parse_feedback(body: bytes) -> Feedback:
+    if len(body) < FEEDBACK_COUNT.size:
+        raise _fail("feedback message is truncated")
+    (count,) = FEEDBACK_COUNT.unpack_from(body)
+    if count > MAX_FEEDBACK_ENTRIES or len(body) != FEEDBACK_COUNT.size + count * (
+        FEEDBACK_ENTRY.size
+    ):
+        raise _fail(f"feedback message length does not match its {count} entries")
+    arrivals = tuple(
+        FEEDBACK_ENTRY.unpack_from(body, FEEDBACK_COUNT.size + i * FEEDBACK_ENTRY.size)
+        for i in range(count)
+    )
+    return Feedback(arrivals)
+
+
+def parse_probe(body: bytes) -> Probe:
+    if len(body) < PROBE.size:
+        raise _fail("probe message is truncated")
+    probe_id, send_us = PROBE.unpack_from(body)
+    return Probe(probe_id, send_us, len(body) - PROBE.size)
+
+
+def parse_probe_ack(body: bytes) -> ProbeAck:
+    if len(body) != PROBE_ACK.size:
+        raise _fail("probe ack has the wrong length")
+    return ProbeAck(*PROBE_ACK.unpack(body))
+
+
 # ------------------------------------------------------------------------ connections
 
 
@@ -584,6 +674,11 @@ class ServerConnection(_Connection):
             raise _fail(
                 f"message type {kind} after the connection closed", ErrorCode.UNEXPECTED_MESSAGE
             )
+        if kind == MessageType.PROBE:
+            self._no_flags(kind, flags)
+            if self._state is not _State.STREAMING:
+                raise _fail("probe before ready", ErrorCode.UNEXPECTED_MESSAGE)
+            return parse_probe(body)
         if kind == MessageType.VIDEO:
             if self._state is not _State.STREAMING:
                 raise _fail(
@@ -615,7 +710,7 @@ class ServerConnection(_Connection):
             self._ready_sent = True
         elif isinstance(event, Error):
             self._state = _State.CLOSED
-        elif isinstance(event, Result | Dropped | KeyframeRequest):
+        elif isinstance(event, Result | Dropped | KeyframeRequest | Feedback | ProbeAck):
             if not self._ready_sent:
                 raise LocalProtocolError(f"{type(event).__name__} before ready")
         else:
@@ -651,6 +746,10 @@ class ClientConnection(_Connection):
             return parse_dropped(body)
         if kind == MessageType.KEYFRAME_REQUEST:
             return parse_keyframe_request(body)
+        if kind == MessageType.FEEDBACK:
+            return parse_feedback(body)
+        if kind == MessageType.PROBE_ACK:
+            return parse_probe_ack(body)
         raise _fail(f"message type {kind} is not valid from a server", ErrorCode.UNEXPECTED_MESSAGE)
 
     def send(self, event: Event) -> bytes:
@@ -675,6 +774,11 @@ class ClientConnection(_Connection):
                 raise LocalProtocolError(
                     f"access unit of {len(event.data)} bytes exceeds the message limit"
                 )
+        elif isinstance(event, Probe):
+            if self._state is not _State.STREAMING or self._bye_sent:
+                raise LocalProtocolError("probes are only valid after ready and before bye")
+            if not (0 <= event.probe_id <= _U32 and 0 <= event.padding <= self.max_message_bytes):
+                raise LocalProtocolError("probe id or padding out of range")
         elif isinstance(event, Bye):
             self._bye_sent = True
         elif not isinstance(event, Error):

@@ -25,9 +25,12 @@ from shelf_stream.protocol import (
     DropReason,
     Error,
     ErrorCode,
+    Feedback,
     Hello,
     KeyframeReason,
     KeyframeRequest,
+    Probe,
+    ProbeAck,
     Ready,
     Result,
     ServerConnection,
@@ -1068,3 +1071,55 @@ def test_error_message_text_is_useful():
     error = hello_fails(hello_record(codec="vp9"))
     assert "vp9" in str(error)
     assert "hevc" in str(error)
+
+
+# ------------------------------------------------------- adaptation messages (issue 4)
+
+
+def _streaming_pair() -> tuple[ServerConnection, ClientConnection]:
+    server, client = ServerConnection(), ClientConnection()
+    server.receive_message(client.send(Hello("hevc", 640, 480, 30.0)))
+    server.events_received()
+    client.receive_message(server.send(Ready("1", "m", ("a",), 1 << 20, 3840, 2160, 120.0)))
+    client.events_received()
+    return server, client
+
+
+def test_feedback_literal_bytes() -> None:
+    server, client = _streaming_pair()
+    wire = server.send(Feedback(((7, 1_000_000), (8, 1_033_000))))
+    expected = (
+        b"\x08\x00\x00\x00\x00\x1a"  # type 8, no flags, 26 bytes
+        b"\x00\x02"
+        b"\x00\x00\x00\x07" b"\x00\x00\x00\x00\x00\x0f\x42\x40"
+        b"\x00\x00\x00\x08" b"\x00\x00\x00\x00\x00\x0f\xc3\x28"
+    )  # fmt: skip
+    assert wire == expected
+    for byte in expected:
+        client.receive_data(bytes([byte]))
+    assert client.events_received() == [Feedback(((7, 1_000_000), (8, 1_033_000)))]
+
+
+def test_probe_and_ack_literal_bytes() -> None:
+    server, client = _streaming_pair()
+    wire = client.send(Probe(3, 42, padding=4))
+    assert wire == b"\x0a\x00\x00\x00\x00\x10\x00\x00\x00\x03" + (42).to_bytes(8, "big") + bytes(4)
+    server.receive_message(wire)
+    assert server.events_received() == [Probe(3, 42, 4)]
+    ack = server.send(ProbeAck(3, 42, 99, len(wire)))
+    assert ack == (
+        b"\x0b\x00\x00\x00\x00\x18\x00\x00\x00\x03"
+        + (42).to_bytes(8, "big") + (99).to_bytes(8, "big") + (22).to_bytes(4, "big")
+    )  # fmt: skip
+    client.receive_message(ack)
+    assert client.events_received() == [ProbeAck(3, 42, 99, 22)]
+
+
+def test_probe_before_ready_and_feedback_with_wrong_count_are_refused() -> None:
+    server = ServerConnection()
+    server.receive_message(ClientConnection().send(Hello("hevc", 640, 480, 30.0)))
+    with pytest.raises(RemoteProtocolError):
+        server.receive_message(encode_event(Probe(1, 1)))
+    _, client = _streaming_pair()
+    with pytest.raises(RemoteProtocolError):
+        client.receive_message(b"\x08\x00\x00\x00\x00\x02\x00\x05")  # says 5 entries, has 0

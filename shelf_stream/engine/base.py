@@ -59,7 +59,7 @@ class EngineConfig:
     score_threshold: float = 0.3
     nms_iou_threshold: float = 0.45
     max_detections: int = 100
-    intra_op_threads: int = 0  # 0: the runtime's default
+    intra_op_threads: int = 0  # 0: half the CPU cores, at least 1
     class_names: tuple[str, ...] | None = field(default=None)  # overrides the model's
 
 

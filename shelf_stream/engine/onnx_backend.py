@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -166,13 +167,26 @@ class OnnxRuntimeDetector(Detector):
 # ------------------------------------------------------------------ loading helpers
 
 
+def default_inference_threads() -> int:
+    """Half the cores, at least one: the rest decode streams and run the event loop.
+
+    On the 2-core test machine a second inference thread made each frame slower, not
+    faster, once a decoder and an encoder shared the cores (p50 latency 52 → 105 ms).
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def _open_session(path: Path, intra_op_threads: int, providers: list[str]) -> ort.InferenceSession:
     if not path.is_file():
         raise EngineError(f"model file not found: {path}; {_SUPPLY_MODEL_HINT}")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if intra_op_threads > 0:
-        options.intra_op_num_threads = intra_op_threads
+    options.intra_op_num_threads = intra_op_threads or default_inference_threads()
+    # Idle worker threads busy-wait by default; here they would steal the CPU the stream's
+    # decoder (and, on one machine, the encoder) needs: measured on 2 cores, spinning
+    # doubled the encoder's time and halved the frame rate.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile...: no common base

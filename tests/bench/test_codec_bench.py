@@ -92,6 +92,18 @@ def test_target_reached_at_the_lowest_rate_is_a_bound() -> None:
     assert match == RateMatch(250.0, "clamped", "below")
 
 
+def test_a_perfect_target_is_saturated_and_the_ratio_is_a_lower_bound() -> None:
+    # Agreement 1.0 is first reached at 500; somewhere in (250, 500] would do.
+    match = rate_for_quality(1.0, [250, 500, 1000], [0.99, 1.0, 1.0])
+    assert match == RateMatch(500.0, "saturated", "inside")
+    assert match is not None and match.in_range
+    assert bytes_ratio(2000.0, match)["bound"] == ">="
+    # Below the ceiling the same curve interpolates.
+    halfway = rate_for_quality(0.995, [250, 500], [0.99, 1.0])
+    assert halfway is not None and halfway.method == "interpolated"
+    assert halfway.kbps == pytest.approx(250 * math.sqrt(2))
+
+
 def test_flat_curve_below_the_target_is_clamped() -> None:
     assert rate_for_quality(0.95, [100, 200], [0.9, 0.9]) == RateMatch(200.0, "clamped", "above")
 
@@ -177,6 +189,26 @@ def test_zlib_summary_on_literal_samples() -> None:
     }  # fmt: skip
 
 
+# ------------------------------------------------------------------ colour for JPEG
+
+
+def test_bgr_luma_known_values() -> None:
+    bgr = np.array([[[0, 0, 0], [255, 255, 255], [0, 0, 255], [255, 0, 0]]], np.uint8)
+    # BT.601 limited range: black 16, white 235, red 16 + 65.481 = 81, blue 16 + 24.966 = 41.
+    assert bench.bgr_luma(bgr).tolist() == [[16, 235, 81, 41]]
+
+
+def test_yuv_to_bgr_and_back_keeps_the_luma() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.integers(16, 236, (32, 48), dtype=np.uint8)
+    chroma = np.full((16, 48), 128, np.uint8)  # neutral: no RGB clipping
+    frame = av.VideoFrame.from_ndarray(np.concatenate([y, chroma]), format="yuv420p")
+    bgr = bench.to_bgr(frame)
+    assert bgr.format.name == "bgr24"
+    assert np.abs(bench.decoded_luma(bgr).astype(int) - y).max() <= 1
+    assert np.array_equal(bench.decoded_luma(frame), y)  # yuv frames: their own Y plane
+
+
 # --------------------------------------------------------------------------- SSIM
 
 
@@ -243,6 +275,7 @@ def test_end_to_end_on_the_generated_scene(model_path: Path, tmp_path: Path) -> 
     check_points(summary["h264"]["points"], "bitrate_kbps", [150, 600])
     check_points(summary["jpeg_zlib"]["points"], "jpeg_quality", [60, 95])
     assert summary["reference"]["jpeg_quality"] == 95
+    assert summary["jpeg_colour_round_trip"]["psnr_y"] > 50
     # The scene shows photographs with people and animals: the detector finds something.
     assert sum(summary["ground_truth_boxes"].values()) > 0
     assert set(summary["hevc"]["points"][0]["agreement_ap_per_class"]) == set(
