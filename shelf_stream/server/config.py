@@ -31,4 +31,5 @@ class ServerConfig:
     hello_timeout_s: float = 10.0
     drain_timeout_s: float = 5.0
     keyframe_request_interval_ms: float = 300.0
+    feedback_interval_ms: float = 100.0  # arrival reports for the client's rate control
     ping_interval_s: float | None = 20.0

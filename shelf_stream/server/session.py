@@ -113,6 +113,7 @@ class Session:
         self._unanswered: dict[int, int] = {}
         self._decoder_pending: deque[int] = deque()  # pts fed to the decoder, no frame yet
         self._last_keyframe_request = -1e9
+        self._arrivals: list[tuple[int, int]] = []  # (seq, arrival µs) for the next Feedback
         self._decoder: RecoveringDecoder | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.peer = _peer_name(websocket)
@@ -141,14 +142,16 @@ class Session:
         )  # fmt: skip
         writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
         decoder = asyncio.create_task(self._decode_loop(), name=f"decode-{self.id}")
+        feedback = asyncio.create_task(self._feedback_loop(), name=f"feedback-{self.id}")
         try:
             finished = await self._receive_loop()
             if finished:
                 await self._drain(decoder)
                 await self.ws.close(1000, "bye")
         finally:
+            feedback.cancel()
             decoder.cancel()
-            await asyncio.gather(decoder, return_exceptions=True)
+            await asyncio.gather(feedback, decoder, return_exceptions=True)
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
 
@@ -212,6 +215,8 @@ class Session:
             for event in self._proto.events_received():
                 if isinstance(event, p.Video):
                     await self._accept_video(event)
+                elif isinstance(event, p.Probe):
+                    self._answer_probe(event, len(message))
                 elif isinstance(event, p.Bye):
                     return True
                 elif isinstance(event, p.Error):
@@ -227,9 +232,29 @@ class Session:
         self.stats.frames_in += 1
         self.stats.bytes_in += len(video.data)
         self._unanswered[video.pts] = video.capture_us
+        self._arrivals.append((video.seq, _us(self._clock())))
+        if len(self._arrivals) >= p.MAX_FEEDBACK_ENTRIES:
+            self._send_feedback()
         # Blocks while the decoder is behind: TCP then slows the client down instead
         # of us dropping compressed data.
         await self._decode_queue.put(_Arrival(video, self._clock()))
+
+    def _answer_probe(self, probe: p.Probe, size: int) -> None:
+        """Echo a probe at once, with its arrival on our clock (the client's probe uses
+        the spread of arrivals in a burst, never our absolute time)."""
+        self._post(p.ProbeAck(probe.probe_id, probe.send_us, _us(self._clock()), size))
+
+    async def _feedback_loop(self) -> None:
+        """Report arrival times of video messages for the client's rate controller."""
+        interval_s = self.config.feedback_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            self._send_feedback()
+
+    def _send_feedback(self) -> None:
+        if self._arrivals:
+            arrivals, self._arrivals = tuple(self._arrivals), []
+            self._post(p.Feedback(arrivals))
 
     async def _drain(self, decoder: asyncio.Task[None]) -> None:
         """After Bye: decode what is queued, wait for inference, answer every pts."""
