@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import sys
 import threading
@@ -76,6 +77,25 @@ class ClientConfig:
     answer_timeout_s: float = 5.0
     connect_timeout_s: float = 10.0
     status: bool = True
+    # After a lost connection (not the first connect): retry with exponential backoff
+    # and jitter, resume with a keyframe; pts keep counting on the capture clock.
+    reconnect: bool = True
+    reconnect_initial_delay_s: float = 0.5
+    reconnect_max_delay_s: float = 10.0
+    reconnect_give_up_s: float = 300.0
+
+
+class _FatalRefusal(ShelfStreamError):
+    """The server refused us for a reason retrying cannot fix."""
+
+
+_FATAL_ERRORS = {
+    p.ErrorCode.UNAUTHORIZED,
+    p.ErrorCode.UNSUPPORTED_CODEC,
+    p.ErrorCode.UNSUPPORTED_VERSION,
+    p.ErrorCode.BAD_HELLO,
+    p.ErrorCode.LIMIT_EXCEEDED,
+}
 
 
 @dataclass(slots=True)
@@ -158,14 +178,48 @@ class StreamClient:
         )
 
     async def _stream(self, source: FrameSource, encoder: Encoder, enc: EncoderConfig) -> None:
-        ws = await self._connect()
+        # The first connection fails fast: a wrong URL or token is the user's to fix.
+        ws = await self._open_stream(enc)
+        self._open_sinks(enc.fps)
         try:
-            await self._handshake(ws, enc)
-            self._open_sinks(enc.fps)
             await self._run_pipeline(ws, source, encoder, enc)
         finally:
-            await ws.close()
             self._close_sinks()
+
+    async def _open_stream(self, enc: EncoderConfig) -> WebSocket:
+        """Connect and complete the handshake on a fresh protocol connection."""
+        ws = await self._connect()
+        self._proto = p.ClientConnection()
+        self._seq = 0
+        self.ready = None
+        try:
+            await self._handshake(ws, enc)
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
+
+    async def _reconnect(self, enc: EncoderConfig) -> WebSocket | None:
+        """Retry with exponential backoff and full jitter; None if stopped or given up."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.config.reconnect_give_up_s
+        delay = self.config.reconnect_initial_delay_s
+        attempt = 0
+        while not self._stop_requested and loop.time() < give_up_at:
+            attempt += 1
+            await asyncio.sleep(random.uniform(0.5, 1.0) * delay)
+            try:
+                ws = await self._open_stream(enc)
+            except _FatalRefusal:
+                raise
+            except ShelfStreamError as exc:
+                log.warning("reconnect attempt %d failed: %s", attempt, exc)
+                delay = min(delay * 2, self.config.reconnect_max_delay_s)
+                continue
+            self.stats.reconnects += 1
+            log.info("reconnected after %d attempt(s); resuming with a keyframe", attempt)
+            return ws
+        return None
 
     async def _connect(self) -> WebSocket:
         try:
@@ -191,17 +245,18 @@ class StreamClient:
             token=self.config.token,
             client=f"shelf-stream/{__version__}",
         )
-        await ws.send(self._proto.send(hello))
         try:
+            await ws.send(self._proto.send(hello))
             message = await asyncio.wait_for(ws.recv(), self.config.connect_timeout_s)
-        except ConnectionClosed as exc:
+        except (ConnectionClosed, TimeoutError) as exc:
             raise ShelfStreamError(
                 f"server closed the connection during the handshake: {exc}"
             ) from exc
         self._proto.receive_message(message)
         for event in self._proto.events_received():
             if isinstance(event, p.Error):
-                raise ShelfStreamError(f"server refused the stream: {event.message}")
+                error = _FatalRefusal if event.code in _FATAL_ERRORS else ShelfStreamError
+                raise error(f"server refused the stream: {event.message}")
             if isinstance(event, p.Ready):
                 self.ready = event
         if self.ready is None:
@@ -248,31 +303,71 @@ class StreamClient:
             name="encoder",
             daemon=True,
         )
-        receiver = asyncio.create_task(self._receive_loop(ws), name="receiver")
         status = asyncio.create_task(self._status_loop(), name="status")
         capture.start()
         encoder_thread.start()
+        ws_now: WebSocket | None = ws
         try:
-            await self._send_loop(ws, send_queue, receiver)
-            await ws.send(self._proto.send(p.Bye()))
-            await self._wait_answers(receiver)
-        except ConnectionClosed as exc:
-            log.warning("the server closed the connection: %s", exc)
+            while ws_now is not None:
+                finished = await self._serve_connection(ws_now, send_queue)
+                await ws_now.close()
+                if finished or self._stop_requested or not self.config.reconnect:
+                    break
+                self._connection_lost(send_queue)
+                ws_now = await self._reconnect(enc)
         finally:
             capture.stop()
             stop_encoding.set()
             slot.close()
-            _drain(send_queue)
+            self._skip_unsent(send_queue)
             await loop.run_in_executor(None, capture.join)
             await loop.run_in_executor(None, encoder_thread.join)
-            receiver.cancel()
+            self._skip_unsent(send_queue)
             status.cancel()
-            await asyncio.gather(receiver, status, return_exceptions=True)
+            await asyncio.gather(status, return_exceptions=True)
             for record in self.matcher.abandon():
                 self._emit(record)
             self._end_status()
         if capture.error is not None:
             raise ShelfStreamError(f"capture failed: {capture.error}") from capture.error
+
+    async def _serve_connection(
+        self, ws: WebSocket, send_queue: asyncio.Queue[_Unit | None]
+    ) -> bool:
+        """Stream on one connection. True when the stream ended (source done, Bye sent,
+        answers in); False when the connection was lost first."""
+        receiver = asyncio.create_task(self._receive_loop(ws), name="receiver")
+        try:
+            if not await self._send_loop(ws, send_queue, receiver):
+                return False
+            await ws.send(self._proto.send(p.Bye()))
+            await self._wait_answers(receiver)
+            return True
+        except ConnectionClosed as exc:
+            log.warning("the server closed the connection: %s", exc)
+            return False
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+
+    def _connection_lost(self, send_queue: asyncio.Queue[_Unit | None]) -> None:
+        """Frames in flight are lost; unsent ones are skipped; the next one is a keyframe."""
+        for record in self.matcher.abandon():
+            self._emit(record)
+        self._skip_unsent(send_queue)
+        if self.config.max_in_flight:
+            self._in_flight = threading.Semaphore(self.config.max_in_flight)
+        self._keyframe_wanted.set()
+
+    def _skip_unsent(self, send_queue: asyncio.Queue[_Unit | None]) -> None:
+        """Record encoded but never sent frames (each pts still ends as one record)."""
+        while not send_queue.empty():
+            unit = send_queue.get_nowait()
+            if unit is None:
+                send_queue.put_nowait(None)  # keep the end marker for the next sender
+                return
+            captured = unit.captured
+            self._emit(FrameRecord(captured.pts, captured.captured_at, "skipped", reason="unsent"))
 
     def _encode_loop(
         self,
@@ -312,16 +407,18 @@ class StreamClient:
 
     async def _send_loop(
         self, ws: WebSocket, send_queue: asyncio.Queue[_Unit | None], receiver: asyncio.Task[None]
-    ) -> None:
+    ) -> bool:
+        """Send until the end marker (True) or until the connection is gone (False)."""
         while True:
             next_unit = asyncio.ensure_future(send_queue.get())
             await asyncio.wait({next_unit, receiver}, return_when=asyncio.FIRST_COMPLETED)
             if receiver.done():
-                next_unit.cancel()
-                return  # the server went away or refused us; the receiver says why
+                if not next_unit.cancel() and next_unit.result() is not None:
+                    send_queue.put_nowait(next_unit.result())  # not ours to lose
+                return False  # the server went away or refused us; the receiver says why
             unit = next_unit.result()
             if unit is None:
-                return
+                return True
             encoded = unit.encoded
             message = self._proto.send(
                 p.Video(
@@ -455,11 +552,6 @@ def _put_end(send_queue: asyncio.Queue[_Unit | None]) -> None:
             return
         except asyncio.QueueFull:
             send_queue.get_nowait()  # only at shutdown, after the encoder stopped
-
-
-def _drain(send_queue: asyncio.Queue[_Unit | None]) -> None:
-    while not send_queue.empty():
-        send_queue.get_nowait()
 
 
 async def run_client(config: ClientConfig) -> dict[str, Any]:

@@ -40,6 +40,7 @@ class StreamStats:
         self.frames_sent = 0
         self.keyframes_sent = 0
         self.keyframe_requests = 0
+        self.reconnects = 0
 
     def on_sent(self, now: float, size_bytes: int, keyframe: bool) -> None:
         if self.started_at is None:
@@ -94,6 +95,7 @@ class StreamStats:
             "bytes_per_frame": round(self.bytes_sent / self.frames_sent) if self.frames_sent else 0,
             "keyframes_sent": self.keyframes_sent,
             "keyframe_requests": self.keyframe_requests,
+            "reconnects": self.reconnects,
             "latency_ms": _percentiles(latencies),
             "encode_ms_mean": _mean([r.encode_ms for r in results]),
             "decode_ms_mean": _mean([r.decode_ms for r in results]),

@@ -57,10 +57,23 @@ class Server:
         )  # fmt: skip
 
     async def stop(self) -> None:
-        """Stop accepting, close every stream (going away), stop inference."""
+        """Stop accepting, let every stream answer its in-flight frames and close
+        (going away), then stop inference."""
         if self._ws_server is not None:
-            self._ws_server.close(close_connections=True)
-            await self._ws_server.wait_closed()
+            self._ws_server.close(close_connections=False)
+            for session in list(self.sessions):
+                session.shutdown()
+            # Each session drains within its own drain timeout; then force what is left.
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(self._ws_server.wait_closed()),
+                    self.config.drain_timeout_s * 2 + 1,
+                )
+            except TimeoutError:
+                log.warning("%d streams did not close in time; aborting them", len(self.sessions))
+                for session in list(self.sessions):
+                    session.abort()
+                await self._ws_server.wait_closed()
         await self.scheduler.close()
         log.info("server stopped")
 

@@ -109,6 +109,7 @@ class Session:
             config.outbox_messages
         )
         self._outbox_done = asyncio.Event()
+        self._shutting_down = asyncio.Event()
         # pts received but not answered yet, with their capture stamps, in arrival order.
         self._unanswered: dict[int, int] = {}
         self._decoder_pending: deque[int] = deque()  # pts fed to the decoder, no frame yet
@@ -120,6 +121,14 @@ class Session:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def shutdown(self) -> None:
+        """Ask the stream to finish: in-flight frames are answered, then it closes (1001)."""
+        self._shutting_down.set()
+
+    def abort(self) -> None:
+        """Drop the connection now (a stream that did not finish in time)."""
+        self.ws.transport.abort()
+
     async def run(self) -> None:
         try:
             await self._serve()
@@ -128,6 +137,12 @@ class Session:
             await self._fail(p.ErrorCode(error.code), str(error), error.close_code)
         except ConnectionClosed:
             log.info("stream %d from %s: client went away", self.id, self.peer)
+        except TimeoutError:
+            log.warning(
+                "stream %d from %s: could not answer every frame within %g s; closing",
+                self.id, self.peer, self.config.drain_timeout_s,
+            )  # fmt: skip
+            await self._fail(p.ErrorCode.INTERNAL, "timed out answering frames", 1011)
         finally:
             await self._release()
 
@@ -143,12 +158,24 @@ class Session:
         writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
         decoder = asyncio.create_task(self._decode_loop(), name=f"decode-{self.id}")
         feedback = asyncio.create_task(self._feedback_loop(), name=f"feedback-{self.id}")
+        receiver = asyncio.create_task(self._receive_loop(), name=f"receive-{self.id}")
+        shutdown = asyncio.create_task(self._shutting_down.wait(), name=f"shutdown-{self.id}")
         try:
-            finished = await self._receive_loop()
-            if finished:
+            await asyncio.wait({receiver, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+            if receiver.done():
+                if receiver.result():  # Bye: answer everything, then a normal close
+                    await self._drain(decoder)
+                    await self.ws.close(1000, "bye")
+            else:
+                # Server shutdown: stop reading, answer what is in flight, then go away.
+                receiver.cancel()
+                await asyncio.gather(receiver, return_exceptions=True)
                 await self._drain(decoder)
-                await self.ws.close(1000, "bye")
+                await self.ws.close(1001, "server shutting down")
         finally:
+            for task in (receiver, shutdown):
+                task.cancel()
+            await asyncio.gather(receiver, shutdown, return_exceptions=True)
             feedback.cancel()
             decoder.cancel()
             await asyncio.gather(feedback, decoder, return_exceptions=True)
