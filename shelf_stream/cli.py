@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--token", help="require this shared secret (or $SHELF_STREAM_TOKEN)")
     serve.add_argument("--max-streams", type=_positive_int, default=32)
+    serve.add_argument("--max-streams-per-address", type=_positive_int, default=8)
+    serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve wss://")
+    serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
+    serve.add_argument(
+        "--origin", action="append", dest="origins",
+        help="allowed browser Origin (repeatable; default: any)",
+    )  # fmt: skip
     serve.add_argument(
         "--codecs", default="hevc,h264",
         help="codecs clients may stream (default hevc,h264; add jpeg_zlib for the seed baseline)",
@@ -130,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--source", choices=["scene", "testsrc"], help="generated footage")
     send.add_argument("--loop", action="store_true", help="loop --input forever")
     send.add_argument("--token", help="the server's shared secret (or $SHELF_STREAM_TOKEN)")
+    send.add_argument("--cafile", type=Path, help="wss://: trust this CA certificate (PEM)")
     _add_stream_options(send, default_duration=None)
 
     demo = sub.add_parser(
@@ -176,6 +184,7 @@ def _client_config(args: argparse.Namespace, url: str, source: Any, token: str |
         results_path=args.results,
         save_path=args.save,
         status=not args.no_status and sys.stderr.isatty(),
+        cafile=getattr(args, "cafile", None),
     )
 
 
@@ -212,12 +221,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from shelf_stream.server import ServerConfig, run_server
     from shelf_stream.server.scheduler import SchedulerConfig
 
+    for path in (args.certfile, args.keyfile):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"TLS file not found: {path}")
+    if args.keyfile is not None and args.certfile is None:
+        raise ConfigError("--keyfile needs --certfile")
     engine_config = _engine_config(args)
     config = ServerConfig(
         host=args.host,
         port=args.port,
         token=args.token or os.environ.get("SHELF_STREAM_TOKEN") or None,
         max_streams=args.max_streams,
+        max_streams_per_address=args.max_streams_per_address,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        origins=tuple(args.origins) if args.origins else None,
         limits=ServerLimits(codecs=_codecs(args.codecs)),
         scheduler=SchedulerConfig(max_frame_age_ms=args.max_frame_age_ms),
     )

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -62,6 +63,7 @@ class ClientConfig:
     keyframe_interval_s: float = 2.0
     preset: str | None = None
     token: str | None = None
+    cafile: Path | None = None  # wss://: trust this CA (default: the system's)
     duration_s: float | None = None
     max_frames: int | None = None
     results_path: Path | None = None
@@ -225,12 +227,18 @@ class StreamClient:
         try:
             ws = await connect(
                 self.config.url,
+                ssl=_client_tls(self.config),
                 compression=None,
                 max_size=p.DEFAULT_MAX_MESSAGE_BYTES + p.HEADER.size,
                 write_limit=self.config.write_limit_bytes,
                 open_timeout=self.config.connect_timeout_s,
                 proxy=None,
             )
+        except ssl.SSLCertVerificationError as exc:
+            raise ConfigError(
+                f"cannot verify the server's TLS certificate at {self.config.url}: "
+                f"{exc.verify_message}; pass --cafile with the CA that signed it"
+            ) from exc
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise ConfigError(f"cannot connect to {self.config.url}: {exc}") from exc
         _limit_unsent_bytes(ws, self.config.socket_unsent_limit_bytes)
@@ -507,6 +515,13 @@ class StreamClient:
     def _end_status(self) -> None:
         if self._status_printed:
             sys.stderr.write("\n")
+
+
+def _client_tls(config: ClientConfig) -> ssl.SSLContext | None:
+    if not config.url.startswith("wss://"):
+        return None
+    # Certificate and host name are always verified; --cafile only adds a trusted CA.
+    return ssl.create_default_context(cafile=str(config.cafile) if config.cafile else None)
 
 
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value

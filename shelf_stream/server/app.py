@@ -6,15 +6,19 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection as WebSocket
 from websockets.asyncio.server import serve
+from websockets.typing import Origin
 
 from shelf_stream import protocol as p
 from shelf_stream.engine.base import Detector
+from shelf_stream.errors import ConfigError
 from shelf_stream.server.config import ServerConfig
+from shelf_stream.server.metrics import ServerMetrics, http_endpoints
 from shelf_stream.server.scheduler import InferenceScheduler
 from shelf_stream.server.session import Session
 
@@ -33,6 +37,7 @@ class Server:
         self.detector = detector
         self.scheduler = InferenceScheduler(detector, config.scheduler)
         self.sessions: set[Session] = set()
+        self.metrics = ServerMetrics()
         self._ws_server: WsServer | None = None
 
     @property
@@ -50,11 +55,23 @@ class Server:
             max_size=self.config.limits.max_message_bytes + p.HEADER.size,
             max_queue=4,  # few messages buffered in websockets: our own queue bounds the rest
             ping_interval=self.config.ping_interval_s,
+            process_request=http_endpoints(self.metrics, self._health),
+            origins=_origins(self.config.origins),
+            ssl=_server_tls(self.config),
         )
+        scheme = "wss" if self.config.certfile else "ws"
         log.info(
-            "listening on ws://%s:%d (model %s, %d classes)",
-            self.config.host, self.port, self.detector.model_name, len(self.detector.class_names),
+            "listening on %s://%s:%d (model %s, %d classes; /healthz, /metrics)",
+            scheme, self.config.host, self.port, self.detector.model_name,
+            len(self.detector.class_names),
         )  # fmt: skip
+
+    def _health(self) -> dict[str, object]:
+        return {
+            "streams": len(self.sessions),
+            "model": self.detector.model_name,
+            "frames_inferred": self.scheduler.frames_run,
+        }
 
     async def stop(self) -> None:
         """Stop accepting, let every stream answer its in-flight frames and close
@@ -86,20 +103,52 @@ class Server:
 
     async def _handle(self, websocket: WebSocket) -> None:
         session = Session(
-            websocket, config=self.config, detector=self.detector, scheduler=self.scheduler
+            websocket,
+            config=self.config,
+            detector=self.detector,
+            scheduler=self.scheduler,
+            metrics=self.metrics,
         )
-        if len(self.sessions) >= self.config.max_streams:
-            log.warning("refusing %s: %d streams already", session.peer, len(self.sessions))
-            await websocket.send(
-                p.encode_event(p.Error(p.ErrorCode.SERVER_BUSY, "server is at its stream limit"))
-            )
+        refusal = self._refusal(session)
+        if refusal is not None:
+            log.warning("refusing %s: %s", session.peer, refusal)
+            self.metrics.connections_refused.labels("busy").inc()
+            await websocket.send(p.encode_event(p.Error(p.ErrorCode.SERVER_BUSY, refusal)))
             await websocket.close(p.ErrorCode.SERVER_BUSY.close_code, "server busy")
             return
         self.sessions.add(session)
+        self.metrics.active_streams.inc()
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
+            self.metrics.active_streams.dec()
+
+    def _refusal(self, session: Session) -> str | None:
+        if len(self.sessions) >= self.config.max_streams:
+            return f"server is at its limit of {self.config.max_streams} streams"
+        same_address = sum(s.peer_host == session.peer_host for s in self.sessions)
+        if same_address >= self.config.max_streams_per_address:
+            return f"at most {self.config.max_streams_per_address} streams per client address"
+        return None
+
+
+def _origins(allowed: tuple[str, ...] | None) -> list[Origin | None] | None:
+    # None in the list admits clients that send no Origin header (non-browsers).
+    return [*(Origin(origin) for origin in allowed), None] if allowed else None
+
+
+def _server_tls(config: ServerConfig) -> ssl.SSLContext | None:
+    if config.certfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the TLS certificate {config.certfile} / key {config.keyfile}: {exc}"
+        ) from exc
+    return context
 
 
 async def run_server(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shelf_stream.protocol import ServerLimits
 from shelf_stream.server.scheduler import SchedulerConfig
@@ -22,10 +23,20 @@ class ServerConfig:
 
     host: str = "0.0.0.0"
     port: int = 8765
+    # TLS (wss://): both files PEM; None serves plain ws://.
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    # Browser clients: allowed Origin header values; None allows any. Clients that send
+    # no Origin (everything but browsers) are always allowed.
+    origins: tuple[str, ...] | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     token: str | None = None
     max_streams: int = 32
+    max_streams_per_address: int = 8
+    # Messages per second per connection (averaged; bursts of twice that pass). A 120 fps
+    # stream with feedback and probes stays far below; a flood is cut off.
+    max_messages_per_s: float = 400.0
     decode_queue_packets: int = 32
     outbox_messages: int = 512
     hello_timeout_s: float = 10.0

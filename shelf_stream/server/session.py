@@ -32,6 +32,8 @@ from shelf_stream.codec.recovery import DecodeResult, RecoveringDecoder
 from shelf_stream.engine.base import Detections, Detector, PreparedImage
 from shelf_stream.errors import RemoteProtocolError, ShelfStreamError
 from shelf_stream.server.config import ServerConfig
+from shelf_stream.server.limits import TokenBucket
+from shelf_stream.server.metrics import ServerMetrics
 from shelf_stream.server.scheduler import InferenceScheduler, PendingFrame
 
 log = logging.getLogger("shelf_stream.server")
@@ -90,6 +92,7 @@ class Session:
         config: ServerConfig,
         detector: Detector,
         scheduler: InferenceScheduler,
+        metrics: ServerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = next(_session_ids)
@@ -98,7 +101,11 @@ class Session:
         self.detector = detector
         self.scheduler = scheduler
         self.stats = StreamStats()
+        self.metrics = metrics or ServerMetrics()
         self._clock = clock
+        self._message_rate = TokenBucket(
+            config.max_messages_per_s, 2 * config.max_messages_per_s, clock()
+        )
         self._proto = p.ServerConnection(config.limits)
         self._hello: p.Hello | None = None
         self._decode_queue: asyncio.Queue[_Arrival | None] = asyncio.Queue(
@@ -117,7 +124,7 @@ class Session:
         self._arrivals: list[tuple[int, int]] = []  # (seq, arrival µs) for the next Feedback
         self._decoder: RecoveringDecoder | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self.peer = _peer_name(websocket)
+        self.peer, self.peer_host = _peer_name(websocket)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -238,6 +245,12 @@ class Session:
     async def _receive_loop(self) -> bool:
         """Read until Bye (True) or the connection closes (False)."""
         async for message in self.ws:
+            if not self._message_rate.allow(self._clock()):
+                raise RemoteProtocolError(
+                    f"more than {self.config.max_messages_per_s:g} messages per second",
+                    code=p.ErrorCode.LIMIT_EXCEEDED,
+                    close_code=p.ErrorCode.LIMIT_EXCEEDED.close_code,
+                )
             self._proto.receive_message(message)
             for event in self._proto.events_received():
                 if isinstance(event, p.Video):
@@ -258,6 +271,8 @@ class Session:
             )
         self.stats.frames_in += 1
         self.stats.bytes_in += len(video.data)
+        self.metrics.frames_in.inc()
+        self.metrics.bytes_in.inc(len(video.data))
         self._unanswered[video.pts] = video.capture_us
         self._arrivals.append((video.seq, _us(self._clock())))
         if len(self._arrivals) >= p.MAX_FEEDBACK_ENTRIES:
@@ -364,6 +379,7 @@ class Session:
             if result.dropped_reason is not None:
                 if result.dropped_reason == "decode_error":
                     self.stats.decode_errors += 1
+                    self.metrics.decoder_errors.inc()
                 self._answer_dropped(
                     pts, _DROP_REASONS.get(result.dropped_reason, p.DropReason.INVALID)
                 )
@@ -405,6 +421,7 @@ class Session:
         if now - self._last_keyframe_request < self.config.keyframe_request_interval_ms / 1000:
             return
         self._last_keyframe_request = now
+        self.metrics.keyframe_requests.inc()
         kind = _KEYFRAME_REASONS.get(reason, p.KeyframeReason.DECODE_ERROR)
         log.info("stream %d: asking the client for a keyframe (%s)", self.id, kind.name.lower())
         self._post(p.KeyframeRequest(kind))
@@ -443,6 +460,7 @@ class Session:
                 queue_us=_us(started - frame.decoded_at),
                 infer_us=_us(finished - started),
                 received_at=frame.received_at,
+                ready_at=finished,
                 detections=boxes,
             )
         )
@@ -452,6 +470,7 @@ class Session:
         if capture_us is None:
             return
         self.stats.dropped += 1
+        self.metrics.frames_dropped.labels(reason.name.lower()).inc()
         self._post(p.Dropped(pts, capture_us, reason))
 
     def _post(self, event: p.Event | _PendingResult) -> None:
@@ -465,11 +484,24 @@ class Session:
                 self._fail(p.ErrorCode.LIMIT_EXCEEDED, "client is not reading results", 1008)
             )
 
+    def _finish_result(self, pending: _PendingResult) -> p.Result:
+        now = self._clock()
+        result = pending.finish(now)
+        self.metrics.frames_processed.inc()
+        self.metrics.observe_stages(
+            decode=result.decode_us / 1e6,
+            queue=result.queue_us / 1e6,
+            inference=result.infer_us / 1e6,
+            send=max(0.0, now - pending.ready_at),
+            total=result.total_us / 1e6,
+        )
+        return result
+
     async def _write_loop(self) -> None:
         try:
             while (item := await self._outbox.get()) is not None:
                 if isinstance(item, _PendingResult):
-                    item = item.finish(self._clock())
+                    item = self._finish_result(item)
                 await self.ws.send(self._proto.send(item))
         finally:
             self._outbox_done.set()
@@ -485,6 +517,7 @@ class _PendingResult:
     queue_us: int
     infer_us: int
     received_at: float
+    ready_at: float  # when inference finished: the send stage starts here
     detections: tuple[p.Detection, ...]
 
     def finish(self, now: float) -> p.Result:
@@ -507,9 +540,10 @@ def _frame_pts(frame: av.VideoFrame) -> int:
     return int(frame.pts) if frame.pts is not None else -1
 
 
-def _peer_name(websocket: WebSocket) -> str:
+def _peer_name(websocket: WebSocket) -> tuple[str, str]:
+    """("host:port", "host") of the peer, for logs and per-address limits."""
     try:
         host, port = websocket.remote_address[:2]
     except (TypeError, ValueError, AttributeError):
-        return "unknown peer"
-    return f"{host}:{port}"
+        return "unknown peer", "unknown"
+    return f"{host}:{port}", str(host)

@@ -1,0 +1,193 @@
+"""TLS end to end, health and metrics endpoints, origin, address and rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from shelf_stream import protocol as p
+from shelf_stream.client.app import ClientConfig, StreamClient
+from shelf_stream.client.sources import SourceSpec
+from shelf_stream.engine import EngineConfig, create_detector
+from shelf_stream.engine.base import Detector
+from shelf_stream.errors import ConfigError
+from shelf_stream.server import Server, ServerConfig
+
+
+@pytest.fixture(scope="module")
+def detector(model_path: Path) -> Iterator[Detector]:
+    det = create_detector(EngineConfig(model_path=model_path))
+    yield det
+    det.close()
+
+
+def _make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 / localhost (it is its own CA)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shelf-stream test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def _client(url: str, **overrides: object) -> StreamClient:
+    config = ClientConfig(
+        url=url,
+        source=SourceSpec(kind="scene", width=320, height=240, fps=15.0),
+        max_frames=20,
+        status=False,
+        reconnect=False,
+        **overrides,  # type: ignore[arg-type]
+    )
+    return StreamClient(config)
+
+
+def test_tls_end_to_end_with_a_generated_certificate(detector: Detector, tmp_path: Path) -> None:
+    cert, key = _make_certificate(tmp_path)
+
+    async def run() -> tuple[dict, str]:
+        config = ServerConfig(host="127.0.0.1", port=0, certfile=cert, keyfile=key)
+        async with Server(config, detector) as server:
+            url = f"wss://127.0.0.1:{server.port}"
+            summary = await _client(url, cafile=cert).run()
+            with pytest.raises(ConfigError, match="cafile"):
+                await _client(url).run()  # the system CAs do not know our certificate
+            return summary, url
+
+    summary, url = asyncio.run(run())
+    assert summary["results"] > 0
+    assert url.startswith("wss://")
+
+
+def test_healthz_and_metrics_count_a_stream(detector: Detector) -> None:
+    async def run() -> tuple[str, str]:
+        async with Server(ServerConfig(host="127.0.0.1", port=0), detector) as server:
+            await _client(f"ws://127.0.0.1:{server.port}").run()
+            base = f"http://127.0.0.1:{server.port}"
+            loop = asyncio.get_running_loop()
+            health = await loop.run_in_executor(None, _get, base + "/healthz")
+            metrics = await loop.run_in_executor(None, _get, base + "/metrics")
+            return health, metrics
+
+    health, metrics = asyncio.run(run())
+    assert '"status": "ok"' in health
+    assert "shelf_frames_received_total 20.0" in metrics
+    assert 'shelf_stage_seconds_count{stage="inference"}' in metrics
+    processed = [
+        line for line in metrics.splitlines() if line.startswith("shelf_frames_processed_total")
+    ]
+    assert processed and float(processed[0].split()[-1]) > 0
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+def test_origin_allow_list_refuses_other_browsers(detector: Detector) -> None:
+    async def run() -> None:
+        config = ServerConfig(host="127.0.0.1", port=0, origins=("https://good.example",))
+        async with Server(config, detector) as server:
+            url = f"ws://127.0.0.1:{server.port}"
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, origin="https://evil.example", proxy=None)  # type: ignore[arg-type]
+            assert refused.value.response.status_code == 403
+            ok = await connect(url, origin="https://good.example", proxy=None)  # type: ignore[arg-type]
+            await ok.close()
+            no_origin = await connect(url, proxy=None)  # a non-browser client
+            await no_origin.close()
+
+    asyncio.run(run())
+
+
+def test_streams_per_address_and_message_floods_are_limited(detector: Detector) -> None:
+    async def hello(url: str) -> p.Event:
+        ws = await connect(url, proxy=None)
+        proto = p.ClientConnection()
+        await ws.send(proto.send(p.Hello("hevc", 320, 240, 30.0)))
+        proto.receive_message(await ws.recv())
+        (event,) = proto.events_received()
+        run.sockets.append(ws)  # type: ignore[attr-defined]
+        return event
+
+    async def refusal(url: str) -> p.Event:
+        """A refused connection gets an Error at once, before it says anything."""
+        ws = await connect(url, proxy=None)
+        proto = p.ClientConnection()
+        proto.receive_message(await ws.recv())
+        (event,) = proto.events_received()
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        return event
+
+    async def run() -> tuple[p.Event, p.Event]:
+        config = ServerConfig(
+            host="127.0.0.1", port=0, max_streams_per_address=1, max_messages_per_s=50
+        )
+        async with Server(config, detector) as server:
+            url = f"ws://127.0.0.1:{server.port}"
+            first = await hello(url)
+            assert isinstance(first, p.Ready)
+            second = await refusal(url)
+            # A flood on the admitted connection: tiny probes far above 50/s.
+            flood = run.sockets[0]  # type: ignore[attr-defined]
+            proto = p.ClientConnection()
+            proto.send(p.Hello("hevc", 320, 240, 30.0))  # this end's state: hello sent...
+            proto.receive_message(p.encode_event(first))  # ...and ready received
+            closed = None
+            with pytest.raises(ConnectionClosed):
+                for index in range(2000):
+                    await flood.send(p.encode_event(p.Probe(index, 0)))
+                    await asyncio.sleep(0)
+                while True:
+                    message = await flood.recv()
+                    proto.receive_message(message)
+                    for event in proto.events_received():
+                        if isinstance(event, p.Error):
+                            closed = event
+            assert flood.close_code == 1008
+            return second, closed  # type: ignore[return-value]
+
+    run.sockets = []  # type: ignore[attr-defined]
+    refused, flood_error = asyncio.run(run())
+    assert isinstance(refused, p.Error) and refused.code == p.ErrorCode.SERVER_BUSY
+    assert "per client address" in refused.message
+    assert flood_error is not None and flood_error.code == p.ErrorCode.LIMIT_EXCEEDED
