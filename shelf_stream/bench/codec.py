@@ -14,7 +14,8 @@ pooled over all their frames.
 The video encoders run with the live stream's settings (``EncoderConfig`` defaults:
 superfast, zero latency, no B-frames, a keyframe every 2 s, VBV capped at the target).
 JPEG+zlib is the seed's recipe (``codec.jpeg_zlib``); it is given the pristine frames
-converted to BGR once, outside the timing, as the seed got BGR from its camera.
+converted to BGR once (exactly, see ``to_bgr``), outside the timing, as the seed got BGR
+from its camera.
 
 Headlines: the bytes of the JPEG+zlib reference point (quality 95, OpenCV's default that
 the seed used) over the bytes H.265 (and H.264) need for the same SSIM, and for the same
@@ -450,8 +451,9 @@ class RateMatch:
 
     ``method``: ``interpolated`` inside the measured range; ``extrapolated`` along the
     end segment, at most ``MAX_EXTRAPOLATION_FACTOR`` beyond it; ``clamped`` to the
-    measured end when further out, when the curve is flat, or when the lowest rate
-    already reaches the target; then the true rate is at least
+    measured end when further out, when the curve is flat, when the target is a perfect
+    score the curve never reaches, or when the lowest rate already reaches the target;
+    then the true rate is at least
     ``kbps`` (``above`` the range) or at most ``kbps`` (``below``). ``saturated``: the
     target is the metric's maximum (a perfect agreement of 1.0), first reached at
     ``kbps``; the true rate lies between the previous point and ``kbps``, so ``kbps`` is
@@ -511,6 +513,10 @@ def rate_for_quality(
     rates = np.array([k for k, _ in pairs], dtype=np.float64)
     values = np.maximum.accumulate(np.array([q for _, q in pairs], dtype=np.float64))
     if target > values[-1]:
+        if ceiling is not None and target >= ceiling:
+            # A perfect score is approached asymptotically: a straight line through the
+            # last two points says nothing about where the curve reaches it.
+            return RateMatch(float(rates[-1]), "clamped", "above")
         return _extrapolate(target, rates, values, "above")
     if target < values[0]:
         return _extrapolate(target, rates, values, "below")

@@ -104,6 +104,12 @@ def test_a_perfect_target_is_saturated_and_the_ratio_is_a_lower_bound() -> None:
     assert halfway.kbps == pytest.approx(250 * math.sqrt(2))
 
 
+def test_a_perfect_target_beyond_the_curve_is_not_extrapolated() -> None:
+    match = rate_for_quality(1.0, [2000, 4000], [0.990, 0.996])
+    assert match == RateMatch(4000.0, "clamped", "above")
+    assert bytes_ratio(36000.0, match)["bound"] == "<="
+
+
 def test_flat_curve_below_the_target_is_clamped() -> None:
     assert rate_for_quality(0.95, [100, 200], [0.9, 0.9]) == RateMatch(200.0, "clamped", "above")
 
