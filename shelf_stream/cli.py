@@ -344,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def bench_main(argv: Sequence[str] | None = None) -> int:
+    from shelf_stream.bench.codec import add_codec_parser, run_codec_bench
+    from shelf_stream.bench.e2e import add_e2e_parser, run_e2e_bench
+
     parser = argparse.ArgumentParser(prog="shelf-bench", description="shelf-stream benchmarks")
     parser.add_argument(
         "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -355,25 +358,23 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     _add_model_options(loopback)
     _add_stream_options(loopback, default_duration=10.0)
     loopback.add_argument("--source", choices=["scene", "testsrc"], default="scene")
-    from shelf_stream.bench.codec import add_codec_parser, run_codec_bench
-
     add_codec_parser(sub)
+    add_e2e_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
-    if args.command == "codec":
-        try:
-            run_codec_bench(args)  # prints its own table; --json writes the summary
-        except ShelfStreamError as error:
-            print(f"shelf-bench: error: {error}", file=sys.stderr)
-            return 2
-        return 0
     try:
-        from shelf_stream.bench.loopback import run_loopback
+        if args.command == "codec":
+            run_codec_bench(args)  # prints its own table; --json writes the summary
+        elif args.command == "e2e":
+            run_e2e_bench(args)  # prints its own table; --json writes the report
+        else:
+            from shelf_stream.bench.loopback import run_loopback
 
-        summary = run_loopback(args)
+            summary = run_loopback(args)
+            with contextlib.suppress(BrokenPipeError):
+                print(json.dumps(summary, indent=2))
+            _write_json(args.json, summary)
     except ShelfStreamError as error:
         print(f"shelf-bench: error: {error}", file=sys.stderr)
         return 2
-    with contextlib.suppress(BrokenPipeError):
-        print(json.dumps(summary, indent=2))
     return 0
