@@ -1,0 +1,285 @@
+"""The rate controller, driven through a simulated link with a fake clock (see sim.py).
+
+The server's clock is offset from the client's by SERVER_OFFSET_S; only differences may
+matter, which ``test_clock_offset_does_not_matter`` checks directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from shelf_stream.bench.link import LinkConfig
+from shelf_stream.client.controller import (
+    InterGroupDelay,
+    LinkCapacity,
+    OveruseDetector,
+    QueueDelay,
+    RateControlConfig,
+    RateController,
+    RateState,
+    ReceiveRate,
+    Target,
+    Trendline,
+    Usage,
+)
+from shelf_stream.client.ladder import Rung, default_ladder
+from shelf_stream.client.probe import StartChoice
+from tests.client.sim import StreamRun, percentile, run_stream
+
+RTT_MS = 35.0
+START = Target(1500, 30, 1280, 720)
+# One rung with a high ceiling: the bitrate tests see the rate control alone.
+FLAT = [Rung(1280, 720, 30, 100, 20_000)]
+WIDE = RateControlConfig(max_bitrate_kbps=20_000)
+
+
+def _link(mbit: float) -> LinkConfig:
+    return LinkConfig(RTT_MS, mbit)
+
+
+def _first(run: StreamRun, after: float, predicate: object) -> float:
+    assert callable(predicate)
+    return next(t for t, target in run.samples if t >= after and predicate(target.bitrate_kbps))
+
+
+# ------------------------------------------------------------- 10 → 2 → 10 Mbit/s scenario
+
+
+@pytest.fixture(scope="module")
+def step_run() -> StreamRun:
+    schedule = [(0.0, _link(10)), (10.0, _link(2)), (20.0, _link(10))]
+    return run_stream(schedule, START, 32.0, config=WIDE, ladder=FLAT)
+
+
+def test_climbs_to_70_percent_of_the_link_within_10_s(step_run: StreamRun) -> None:
+    assert _first(step_run, 0.0, lambda kbps: kbps >= 7000) < 10.0
+    assert step_run.utilisation(6.0, 10.0, 10) >= 0.7
+
+
+def test_queue_stays_small_after_convergence(step_run: StreamRun) -> None:
+    assert percentile(step_run.queue_delays(6.0, 10.0), 0.95) < 100
+    assert percentile(step_run.queue_delays(25.0, 32.0), 0.95) < 100
+
+
+def test_drop_to_2_mbit_is_followed_within_2_s(step_run: StreamRun) -> None:
+    assert _first(step_run, 10.0, lambda kbps: kbps <= 2000) < 12.0
+    # From then on the target hugs the 2 Mbit/s link (additive probing may touch it).
+    assert max(step_run.targets(12.0, 20.0)) <= 2000 * 1.05
+    assert max(step_run.queue_delays(12.0, 13.0)) < 100
+    assert percentile(step_run.queue_delays(12.0, 20.0), 0.95) < 100
+    assert step_run.skipped <= 5
+
+
+def test_utilisation_while_limited(step_run: StreamRun) -> None:
+    assert step_run.utilisation(12.0, 20.0, 2) >= 0.7
+
+
+def test_recovers_after_the_link_does(step_run: StreamRun) -> None:
+    before = max(step_run.targets(8.0, 10.0))
+    assert _first(step_run, 20.0, lambda kbps: kbps >= 0.7 * before) < 30.0
+
+
+def test_clock_offset_does_not_matter() -> None:
+    schedule = [(0.0, _link(10)), (5.0, _link(2))]
+    runs = [
+        run_stream(schedule, START, 8.0, config=WIDE, ladder=FLAT, server_offset_s=offset)
+        for offset in (-5000.25, 12345.678)
+    ]
+    a, b = ([round(t.bitrate_kbps) for _, t in run.samples] for run in runs)
+    assert a == b
+
+
+@pytest.mark.parametrize("rtt_ms", [10.0, 100.0, 200.0])
+def test_other_round_trip_times(rtt_ms: float) -> None:
+    run = run_stream([(0.0, LinkConfig(rtt_ms, 10, 5.0))], START, 20.0, config=WIDE, ladder=FLAT)
+    assert _first(run, 0.0, lambda kbps: kbps >= 7000) < 10.0
+    assert percentile(run.queue_delays(10.0, 20.0), 0.95) < 100
+    assert run.utilisation(10.0, 20.0, 10) >= 0.7
+
+
+# ------------------------------------------------------------------------------- ladder
+
+
+@pytest.fixture(scope="module")
+def ladder_run() -> StreamRun:
+    schedule = [(0.0, _link(10)), (10.0, _link(1.2)), (25.0, _link(0.3)), (40.0, _link(10))]
+    config = RateControlConfig(max_bitrate_kbps=4000)
+    return run_stream(schedule, START, 70.0, config=config, ladder=default_ladder(1280, 720, 30))
+
+
+def test_ladder_steps_down_fps_first_then_size(ladder_run: StreamRun) -> None:
+    changes = ladder_run.rung_changes()
+    first_t, first = changes[0]
+    assert 10.0 < first_t < 13.0
+    assert (first.width, first.height, first.fps) == (1280, 720, 15)  # fps only
+    at_300k = ladder_run.target_at(39.0)
+    assert at_300k.width < 1280 and at_300k.fps <= 15
+    rung = next(r for r in default_ladder(1280, 720, 30) if r.width == at_300k.width)
+    assert rung.min_kbps <= 300
+
+
+def test_ladder_climbs_back_without_flapping(ladder_run: StreamRun) -> None:
+    final = ladder_run.target_at(70.0)
+    assert (final.width, final.height, final.fps) == (1280, 720, 30)
+    changes = ladder_run.rung_changes()
+    times = [t for t, _ in changes]
+    # Down twice (1.2 Mbit/s, then 0.3 Mbit/s), up four rungs one at a time: nothing else.
+    assert len(changes) <= 7
+    assert all(b - a >= RateControlConfig().min_rung_hold_s for a, b in itertools.pairwise(times))
+    assert not [t for t in times if 13.0 < t < 25.0 or 28.0 < t < 40.0]  # steady: no changes
+
+
+def test_start_far_above_a_slow_link_jumps_down_once() -> None:
+    run = run_stream(
+        [(0.0, _link(0.3))],
+        START,
+        20.0,
+        config=RateControlConfig(),
+        ladder=default_ladder(1280, 720, 30),
+    )
+    changes = run.rung_changes()
+    assert len(changes) == 1
+    target = changes[0][1]
+    assert (target.width, target.height, target.fps) == (640, 360, 15)
+
+
+# --------------------------------------------------------------------------- unit tests
+
+
+def _controller(**overrides: float) -> RateController:
+    config = RateControlConfig(**overrides)  # type: ignore[arg-type]
+    return RateController(config, start=START, now=0.0, ladder=FLAT)
+
+
+def test_starts_from_a_start_choice_and_its_ladder() -> None:
+    ladder = default_ladder(1280, 720, 30)
+    start = StartChoice(900, 15, 1280, 720, "probe")
+    controller = RateController(RateControlConfig(), start=start, now=0.0, ladder=ladder)
+    assert controller.target(0.0) == Target(900, 15, 1280, 720)
+    assert controller.ladder.index == 1
+    # Without a ladder the start is the top rung.
+    alone = RateController(RateControlConfig(), start=start, now=0.0)
+    assert alone.ladder.rungs[0] == default_ladder(1280, 720, 15)[0]
+
+
+def test_never_above_max_nor_below_min() -> None:
+    config = RateControlConfig(min_bitrate_kbps=300, max_bitrate_kbps=3000)
+    fast = run_stream([(0.0, _link(50))], START, 15.0, config=config, ladder=FLAT)
+    assert max(fast.targets(0.0, 15.0)) == 3000
+    slow = run_stream([(0.0, _link(0.1))], START, 15.0, config=config, ladder=FLAT)
+    assert min(slow.targets(0.0, 15.0)) == 300
+
+
+def test_poll_publishes_meaningful_changes_only() -> None:
+    controller = _controller()
+    assert controller.poll(0.0) is None  # the start is already applied
+    controller.aimd.kbps = 1530  # +2 %: not worth an encoder reconfiguration
+    assert controller.poll(1.0) is None
+    controller.aimd.kbps = 1700
+    assert controller.poll(1.0) == Target(1700, 30, 1280, 720)
+    controller.aimd.kbps = 1800  # +6 %, but only 100 ms later
+    assert controller.poll(1.1) is None
+    assert controller.poll(1.25) == Target(1800, 30, 1280, 720)
+    controller.aimd.kbps = 1000  # a big drop goes out at once
+    assert controller.poll(1.3) == Target(1000, 30, 1280, 720)
+
+
+def test_feedback_for_unknown_or_repeated_seqs_is_ignored() -> None:
+    controller = _controller()
+    controller.on_sent(0, 5000, 0.0)
+    controller.on_sent(1, 5000, 0.033)
+    controller.on_feedback([(7, 1_000_000), (1, 2_000_000), (0, 1_966_000)], 0.1)
+    before = controller.snapshot(0.1)
+    controller.on_feedback([(0, 1), (1, 2)], 0.1)  # stale: already reported
+    assert controller.snapshot(0.1) == before
+    assert before["queue_delay_ms"] == 0.0
+
+
+def test_stalled_feedback_halves_the_rate() -> None:
+    controller = _controller()
+    controller.on_sent(0, 5000, 0.0)
+    controller.on_feedback([(0, 50_000)], 0.1)
+    for seq in range(1, 40):
+        controller.on_sent(seq, 5000, seq / 30)
+    assert controller.target(1.0).bitrate_kbps == 1500
+    assert controller.target(1.2).bitrate_kbps == 750  # a second without any Feedback
+    assert controller.target(1.5).bitrate_kbps == 750  # once per timeout
+
+
+def test_snapshot_has_the_timeline_fields() -> None:
+    snapshot = _controller().snapshot(0.0)
+    assert set(snapshot) >= {
+        "target_kbps", "receive_kbps", "queue_delay_ms", "trend", "state", "usage", "rung"
+    }  # fmt: skip
+    assert snapshot["state"] == RateState.HOLD.value
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        RateControlConfig(min_bitrate_kbps=500, max_bitrate_kbps=100)
+    with pytest.raises(ValueError):
+        RateControlConfig(beta=1.5)
+
+
+def test_groups_follow_send_bursts() -> None:
+    groups = InterGroupDelay(burst_time_ms=5.0)
+    assert groups.add(0.000, 10.000) is None
+    assert groups.add(0.002, 10.004) is None  # same burst
+    assert groups.add(0.033, 10.040) is None  # closes group 1 (no previous group yet)
+    delta = groups.add(0.066, 10.080)  # closes group 2
+    assert delta is not None
+    assert delta.send_delta_ms == pytest.approx(31.0)
+    assert delta.arrival_delta_ms == pytest.approx(36.0)
+
+
+def _detect(slope_ms_per_frame: float, frames: int = 40) -> Usage:
+    config = RateControlConfig()
+    trendline = Trendline(config.trendline_window, config.trendline_smoothing)
+    detector = OveruseDetector(config)
+    groups = InterGroupDelay(config.burst_time_ms)
+    usage = Usage.NORMAL
+    for i in range(frames):
+        send = i / 30
+        arrival = 100.0 + send + max(0.0, 0.15 + i * slope_ms_per_frame / 1000)
+        delta = groups.add(send, arrival)
+        if delta is not None:
+            trend = trendline.update(delta)
+            usage = detector.detect(trend, trendline.samples, delta.send_delta_ms, delta.arrival_ms)
+    return usage
+
+
+def test_overuse_detector_reads_the_trend() -> None:
+    assert _detect(0.0) is Usage.NORMAL
+    assert _detect(5.0) is Usage.OVERUSE  # the queue grows 5 ms a frame
+    assert _detect(-3.0) is Usage.UNDERUSE  # it drains
+
+
+def test_queue_delay_cancels_the_clock_offset() -> None:
+    queue = QueueDelay(base_window_s=10.0, standing_window_s=0.1)
+    for i in range(30):
+        queue.add(i / 30, 5000.0 + i / 30 + 0.02)  # 20 ms one-way, server clock +5000 s
+    assert queue.ms == pytest.approx(0.0)
+    for i in range(30, 40):
+        queue.add(i / 30, 5000.0 + i / 30 + 0.17)
+    assert queue.ms == pytest.approx(150.0)
+
+
+def test_receive_rate() -> None:
+    rate = ReceiveRate(max_window_s=1.0)
+    assert rate.kbps(0.25) is None
+    for i in range(31):
+        rate.add(100.0 + i / 30, 12_500)  # 12.5 kB per 33 ms = 3 Mbit/s
+    assert rate.kbps(0.25) == pytest.approx(3000, rel=0.15)
+    assert rate.kbps(1.0) == pytest.approx(3000, rel=0.05)
+
+
+def test_link_capacity_bounds() -> None:
+    capacity = LinkCapacity()
+    assert capacity.estimate is None and capacity.near(1000)  # unknown: anything goes
+    capacity.on_overuse(2000)
+    assert capacity.near(2000) and not capacity.near(2500)
+    assert capacity.lower() < 2000 < capacity.upper()
+    capacity.reset()
+    assert capacity.upper() == float("inf")
