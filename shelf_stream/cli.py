@@ -79,8 +79,21 @@ def _add_stream_options(parser: argparse.ArgumentParser, *, default_duration: fl
         "--fps", type=_positive_float, help="frame rate (default: the source's or 30)"
     )
     group.add_argument(
-        "--bitrate", type=_positive_int, default=1500, help="target kbit/s (default 1500)"
+        "--bitrate",
+        type=_positive_int,
+        help="start at this kbit/s (default: what the probe finds the link holds; 1500 "
+        "without a probe)",
     )
+    group.add_argument(
+        "--max-bitrate", type=_positive_int, default=8000, help="never above this kbit/s"
+    )
+    group.add_argument(
+        "--no-probe", action="store_true", help="skip the RTT/throughput probe before streaming"
+    )
+    group.add_argument(
+        "--no-adapt", action="store_true",
+        help="keep bitrate, frame rate and size fixed (no adaptation to the link)",
+    )  # fmt: skip
     group.add_argument("--codec", choices=["hevc", "h264"], default="hevc")
     group.add_argument(
         "--encoder", help="libavcodec encoder, e.g. hevc_nvenc (default: libx265/libx264)"
@@ -113,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", help="require this shared secret (or $SHELF_STREAM_TOKEN)")
     serve.add_argument("--max-streams", type=_positive_int, default=32)
     serve.add_argument("--max-streams-per-address", type=_positive_int, default=8)
+    serve.add_argument(
+        "--decoder", choices=["auto", "software", "nvdec"], default="auto",
+        help="video decoder: NVDEC (NVIDIA GPUs) when available, else software",
+    )  # fmt: skip
     serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve wss://")
     serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
     serve.add_argument(
@@ -145,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(demo)
     _add_stream_options(demo, default_duration=6.0)
+
+    from shelf_stream.engine.export_cli import add_export_parser
+
+    add_export_parser(sub)
     return parser
 
 
@@ -177,6 +198,9 @@ def _client_config(args: argparse.Namespace, url: str, source: Any, token: str |
         height=height,
         fps=args.fps,
         bitrate_kbps=args.bitrate,
+        max_bitrate_kbps=args.max_bitrate,
+        probe=not args.no_probe,
+        adapt=not args.no_adapt,
         preset=args.preset,
         token=token,
         duration_s=args.duration,
@@ -233,6 +257,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("SHELF_STREAM_TOKEN") or None,
         max_streams=args.max_streams,
         max_streams_per_address=args.max_streams_per_address,
+        decoder=args.decoder,
         certfile=args.certfile,
         keyfile=args.keyfile,
         origins=tuple(args.origins) if args.origins else None,
@@ -331,7 +356,9 @@ def _setup_logging(level: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
-    commands = {"serve": cmd_serve, "send": cmd_send, "demo": cmd_demo}
+    from shelf_stream.engine.export_cli import run_export
+
+    commands = {"serve": cmd_serve, "send": cmd_send, "demo": cmd_demo, "export": run_export}
     try:
         return commands[args.command](args)
     except ShelfStreamError as error:

@@ -31,8 +31,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from shelf_stream import __version__
 from shelf_stream import protocol as p
+from shelf_stream.client.adaptation import Retarget, run_probe
 from shelf_stream.client.capture import CapturedFrame, CaptureThread, LatestSlot
+from shelf_stream.client.controller import RateControlConfig, RateController, Target
+from shelf_stream.client.ladder import Rung, default_ladder
 from shelf_stream.client.matcher import FrameRecord, ResultMatcher
+from shelf_stream.client.probe import BandwidthProbe, ProbeConfig, ProbeResult, choose_start
 from shelf_stream.client.sinks import AnnotatedVideoSink, JsonlSink
 from shelf_stream.client.sources import FrameSource, SourceSpec, open_source
 from shelf_stream.client.stats import StreamStats
@@ -41,6 +45,8 @@ from shelf_stream.codec.base import EncodedFrame, Encoder, EncoderConfig
 from shelf_stream.errors import ConfigError, RemoteProtocolError, ShelfStreamError
 
 log = logging.getLogger("shelf_stream.client")
+
+DEFAULT_BITRATE_KBPS = 1500
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,7 +65,9 @@ class ClientConfig:
     width: int | None = None
     height: int | None = None
     fps: float | None = None
-    bitrate_kbps: int = 1500
+    bitrate_kbps: int | None = None  # None: the probe's pick (1500 without a probe)
+    max_bitrate_kbps: int = 8000
+    jpeg_quality: int = 95  # codec jpeg_zlib only (the seed baseline)
     keyframe_interval_s: float = 2.0
     preset: str | None = None
     token: str | None = None
@@ -79,6 +87,10 @@ class ClientConfig:
     answer_timeout_s: float = 5.0
     connect_timeout_s: float = 10.0
     status: bool = True
+    # Measure RTT and throughput before streaming and start from what the link holds.
+    probe: bool = True
+    # Follow the server's arrival feedback: bitrate, then frame rate, then size.
+    adapt: bool = True
     # After a lost connection (not the first connect): retry with exponential backoff
     # and jitter, resume with a keyframe; pts keep counting on the capture clock.
     reconnect: bool = True
@@ -107,6 +119,7 @@ class _Unit:
     encoded: EncodedFrame
     captured: CapturedFrame
     encode_ms: float
+    scale: tuple[float, float]  # streamed frame → requested frame, for the boxes
 
 
 @dataclass(slots=True)
@@ -116,8 +129,17 @@ class _Sinks:
     extra: list[Callable[[FrameRecord], None]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Geometry:
+    """What the user asked to stream: boxes are always reported in this frame size."""
+
+    width: int
+    height: int
+    fps: float
+
+
 class StreamClient:
-    """One streaming run from connect to summary."""
+    """One streaming run from connect to summary (reconnecting as needed)."""
 
     def __init__(
         self, config: ClientConfig, *, on_record: Callable[[FrameRecord], None] | None = None
@@ -126,6 +148,9 @@ class StreamClient:
         self.stats = StreamStats()
         self.matcher = ResultMatcher()
         self.ready: p.Ready | None = None
+        self.probe_result: ProbeResult | None = None
+        #: Adaptation over time (when adapting): controller snapshots every 200 ms.
+        self.timeline: list[dict[str, Any]] = []
         self._proto = p.ClientConnection()
         self._sinks = _Sinks(extra=[on_record] if on_record else [])
         self._keyframe_wanted = threading.Event()
@@ -136,6 +161,10 @@ class StreamClient:
             threading.Semaphore(config.max_in_flight) if config.max_in_flight else None
         )
         self._stop_requested = False
+        self._controller: RateController | None = None
+        self._retarget: Retarget | None = None
+        self._ladder: tuple[Rung, ...] = ()
+        self._started_at = time.monotonic()
 
     def request_stop(self) -> None:
         """Finish gracefully: stop capturing, send what is encoded, wait for answers.
@@ -146,62 +175,113 @@ class StreamClient:
         if self._capture is not None:
             self._capture.stop()
 
+    # ------------------------------------------------------------------- set-up
+
     async def run(self) -> dict[str, Any]:
         """Stream until the source ends, the duration passes or the task is cancelled."""
         loop = asyncio.get_running_loop()
         source = await loop.run_in_executor(None, open_source, self.config.source)
         try:
-            encoder_config = self._encoder_config(source)
-            encoder = get_encoder(encoder_config)
+            geometry = self._geometry(source)
+            # The first connection fails fast: a wrong URL or token is the user's to fix.
+            ws = await self._open_stream(geometry)
             try:
-                await self._stream(source, encoder, encoder_config)
+                start = await self._choose_start(ws, geometry)
+            except BaseException:
+                await ws.close()
+                raise
+            self._open_sinks(geometry.fps)
+            try:
+                await self._run_pipeline(ws, source, geometry, start)
             finally:
-                encoder.close()
+                self._close_sinks()
         finally:
             source.close()
-        return self.stats.summary()
+        summary = self.stats.summary()
+        summary["encoder_switches"] = self._retarget.switches if self._retarget else 0
+        return summary
 
-    def _encoder_config(self, source: FrameSource) -> EncoderConfig:
+    def _geometry(self, source: FrameSource) -> _Geometry:
         cfg = self.config
         width = cfg.width or source.width
         height = cfg.height or source.height
         if not width or not height:
             raise ConfigError("the source does not report its size; pass --size WxH")
-        fps = cfg.fps or source.fps or 30.0
+        return _Geometry(width - width % 2, height - height % 2, cfg.fps or source.fps or 30.0)
+
+    async def _choose_start(self, ws: WebSocket, geometry: _Geometry) -> Target:
+        """Where the stream starts: the probe's pick, unless the user fixed the bitrate."""
+        cfg = self.config
+        self._ladder = default_ladder(geometry.width, geometry.height, geometry.fps)
+        bitrate = cfg.bitrate_kbps or DEFAULT_BITRATE_KBPS
+        start = Target(bitrate, geometry.fps, geometry.width, geometry.height)
+        if not cfg.probe:
+            return start
+        probe = BandwidthProbe(ProbeConfig(), time.monotonic())
+        result = await run_probe(ws, self._proto, probe, time.monotonic)
+        self.probe_result = result
+        log.info(
+            "link probe: RTT %s ms, throughput %s kbit/s%s",
+            _num(result.rtt_ms), _num(result.throughput_kbps),
+            "" if result.reliable else " (unreliable: too few answers)",
+        )  # fmt: skip
+        if cfg.bitrate_kbps is not None:
+            return start  # an explicit --bitrate wins over the probe
+        choice = choose_start(
+            result,
+            ladder=self._ladder,
+            max_bitrate_kbps=cfg.max_bitrate_kbps,
+            fps=geometry.fps,
+            width=geometry.width,
+            height=geometry.height,
+        )
+        log.info(
+            "starting at %d kbit/s, %dx%d @ %.3g fps (%s)",
+            choice.bitrate_kbps, choice.width, choice.height, choice.fps, choice.reason,
+        )  # fmt: skip
+        return Target(choice.bitrate_kbps, choice.fps, choice.width, choice.height)
+
+    def _encoder_config(self, target: Target) -> EncoderConfig:
+        cfg = self.config
         return EncoderConfig(
             codec=cfg.codec,
             encoder=cfg.encoder,
-            width=width - width % 2,
-            height=height - height % 2,
-            fps=fps,
-            bitrate_kbps=cfg.bitrate_kbps,
+            width=target.width,
+            height=target.height,
+            fps=target.fps,
+            bitrate_kbps=round(target.bitrate_kbps),
             keyframe_interval_s=cfg.keyframe_interval_s,
             preset=cfg.preset,
+            jpeg_quality=cfg.jpeg_quality,
         )
 
-    async def _stream(self, source: FrameSource, encoder: Encoder, enc: EncoderConfig) -> None:
-        # The first connection fails fast: a wrong URL or token is the user's to fix.
-        ws = await self._open_stream(enc)
-        self._open_sinks(enc.fps)
-        try:
-            await self._run_pipeline(ws, source, encoder, enc)
-        finally:
-            self._close_sinks()
+    def _start_adaptation(self, start: Target) -> None:
+        now = time.monotonic()
+        self._retarget = Retarget(start, now)
+        if not self.config.adapt:
+            return
+        control = RateControlConfig(
+            max_bitrate_kbps=self.config.max_bitrate_kbps,
+            rtt_ms=(self.probe_result.rtt_ms if self.probe_result else None) or 100.0,
+        )
+        self._controller = RateController(control, start=start, now=now, ladder=self._ladder)
 
-    async def _open_stream(self, enc: EncoderConfig) -> WebSocket:
+    # ---------------------------------------------------------------- connection
+
+    async def _open_stream(self, geometry: _Geometry) -> WebSocket:
         """Connect and complete the handshake on a fresh protocol connection."""
         ws = await self._connect()
         self._proto = p.ClientConnection()
         self._seq = 0
         self.ready = None
         try:
-            await self._handshake(ws, enc)
+            await self._handshake(ws, geometry)
         except BaseException:
             await ws.close()
             raise
         return ws
 
-    async def _reconnect(self, enc: EncoderConfig) -> WebSocket | None:
+    async def _reconnect(self, geometry: _Geometry) -> WebSocket | None:
         """Retry with exponential backoff and full jitter; None if stopped or given up."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.config.reconnect_give_up_s
@@ -211,7 +291,7 @@ class StreamClient:
             attempt += 1
             await asyncio.sleep(random.uniform(0.5, 1.0) * delay)
             try:
-                ws = await self._open_stream(enc)
+                ws = await self._open_stream(geometry)
             except _FatalRefusal:
                 raise
             except ShelfStreamError as exc:
@@ -244,12 +324,12 @@ class StreamClient:
         _limit_unsent_bytes(ws, self.config.socket_unsent_limit_bytes)
         return ws
 
-    async def _handshake(self, ws: WebSocket, enc: EncoderConfig) -> None:
+    async def _handshake(self, ws: WebSocket, geometry: _Geometry) -> None:
         hello = p.Hello(
-            codec=enc.codec,
-            width=enc.width,
-            height=enc.height,
-            fps=enc.fps,
+            codec=self.config.codec,
+            width=geometry.width,
+            height=geometry.height,
+            fps=geometry.fps,
             token=self.config.token,
             client=f"shelf-stream/{__version__}",
         )
@@ -270,9 +350,9 @@ class StreamClient:
         if self.ready is None:
             raise ShelfStreamError("server did not answer the hello with ready")
         log.info(
-            "connected to %s: model %s, streaming %s %dx%d @ %.3g fps, %d kbit/s",
-            self.config.url, self.ready.model, enc.codec, enc.width, enc.height, enc.fps,
-            enc.bitrate_kbps,
+            "connected to %s: model %s, streaming %s %dx%d @ %.3g fps",
+            self.config.url, self.ready.model, self.config.codec, geometry.width,
+            geometry.height, geometry.fps,
         )  # fmt: skip
 
     def _open_sinks(self, fps: float) -> None:
@@ -287,8 +367,10 @@ class StreamClient:
         if self._sinks.video is not None:
             self._sinks.video.close()
 
+    # ------------------------------------------------------------------ pipeline
+
     async def _run_pipeline(
-        self, ws: WebSocket, source: FrameSource, encoder: Encoder, enc: EncoderConfig
+        self, ws: WebSocket, source: FrameSource, geometry: _Geometry, start: Target
     ) -> None:
         loop = asyncio.get_running_loop()
         send_queue: asyncio.Queue[_Unit | None] = asyncio.Queue(self.config.send_queue_units)
@@ -296,7 +378,7 @@ class StreamClient:
         capture = CaptureThread(
             source,
             slot,
-            fps=enc.fps,
+            fps=start.fps,
             max_frames=self.config.max_frames,
             duration_s=self.config.duration_s,
             on_skipped=lambda captured: _call_soon(loop, self._on_skipped, captured),
@@ -304,14 +386,16 @@ class StreamClient:
         self._capture = capture
         if self._stop_requested:
             capture.stop()
+        self._start_adaptation(start)
         stop_encoding = threading.Event()
         encoder_thread = threading.Thread(
             target=self._encode_loop,
-            args=(encoder, slot, send_queue, loop, stop_encoding),
+            args=(self._encoder_config(start), geometry, slot, send_queue, loop, stop_encoding),
             name="encoder",
             daemon=True,
         )
         status = asyncio.create_task(self._status_loop(), name="status")
+        timeline = asyncio.create_task(self._timeline_loop(), name="timeline")
         capture.start()
         encoder_thread.start()
         ws_now: WebSocket | None = ws
@@ -322,7 +406,7 @@ class StreamClient:
                 if finished or self._stop_requested or not self.config.reconnect:
                     break
                 self._connection_lost(send_queue)
-                ws_now = await self._reconnect(enc)
+                ws_now = await self._reconnect(geometry)
         finally:
             capture.stop()
             stop_encoding.set()
@@ -331,8 +415,9 @@ class StreamClient:
             await loop.run_in_executor(None, capture.join)
             await loop.run_in_executor(None, encoder_thread.join)
             self._skip_unsent(send_queue)
-            status.cancel()
-            await asyncio.gather(status, return_exceptions=True)
+            for task in (status, timeline):
+                task.cancel()
+            await asyncio.gather(status, timeline, return_exceptions=True)
             for record in self.matcher.abandon():
                 self._emit(record)
             self._end_status()
@@ -366,6 +451,9 @@ class StreamClient:
         if self.config.max_in_flight:
             self._in_flight = threading.Semaphore(self.config.max_in_flight)
         self._keyframe_wanted.set()
+        if self._controller is not None and self._retarget is not None:
+            # A new connection numbers its messages from 0 again: start a fresh estimate.
+            self._start_adaptation(self._retarget.current)
 
     def _skip_unsent(self, send_queue: asyncio.Queue[_Unit | None]) -> None:
         """Record encoded but never sent frames (each pts still ends as one record)."""
@@ -379,15 +467,18 @@ class StreamClient:
 
     def _encode_loop(
         self,
-        encoder: Encoder,
+        config: EncoderConfig,
+        geometry: _Geometry,
         slot: LatestSlot[CapturedFrame],
         send_queue: asyncio.Queue[_Unit | None],
         loop: asyncio.AbstractEventLoop,
         stop: threading.Event,
     ) -> None:
-        """Encoder thread: slot → access unit → send queue (blocking while it is full)."""
+        """Encoder thread: owns the encoder; slot → access unit → send queue."""
         told_sender = False
+        encoder: Encoder | None = None
         try:
+            encoder = get_encoder(config)
             while not stop.is_set():
                 if self._in_flight is not None and not self._in_flight.acquire(timeout=0.1):
                     continue  # stop-and-wait: the previous frame is not answered yet
@@ -400,18 +491,38 @@ class StreamClient:
                         told_sender = _put_blocking(send_queue, None, loop, stop)
                         return
                     continue
+                encoder, config = self._maybe_switch_encoder(encoder, config)
                 keyframe = self._keyframe_wanted.is_set()
                 self._keyframe_wanted.clear()
                 started = time.perf_counter()
                 encoded = encoder.encode(captured.frame, captured.pts, keyframe=keyframe)
-                unit = _Unit(encoded, captured, (time.perf_counter() - started) * 1000)
+                unit = _Unit(
+                    encoded,
+                    captured,
+                    (time.perf_counter() - started) * 1000,
+                    scale=(geometry.width / config.width, geometry.height / config.height),
+                )
                 if not _put_blocking(send_queue, unit, loop, stop):
                     return
         except ShelfStreamError as exc:
             log.error("encoder failed: %s", exc)
         finally:
+            if encoder is not None:
+                encoder.close()
             if not told_sender:
                 loop.call_soon_threadsafe(_put_end, send_queue)
+
+    def _maybe_switch_encoder(
+        self, encoder: Encoder, config: EncoderConfig
+    ) -> tuple[Encoder, EncoderConfig]:
+        """Encoder thread: apply a new target; the new encoder starts with a keyframe."""
+        target = self._retarget.take() if self._retarget is not None else None
+        if target is None:
+            return encoder, config
+        new_config = self._encoder_config(target)
+        new_encoder = get_encoder(new_config)
+        encoder.close()
+        return new_encoder, new_config
 
     async def _send_loop(
         self, ws: WebSocket, send_queue: asyncio.Queue[_Unit | None], receiver: asyncio.Task[None]
@@ -427,28 +538,34 @@ class StreamClient:
             unit = next_unit.result()
             if unit is None:
                 return True
-            encoded = unit.encoded
-            message = self._proto.send(
-                p.Video(
-                    self._seq,
-                    encoded.pts,
-                    round(unit.captured.captured_at * 1_000_000),
-                    encoded.keyframe,
-                    encoded.data,
-                )
-            )
-            self._seq += 1
-            now = time.monotonic()
-            self.matcher.sent(
+            await self._send_unit(ws, unit)
+
+    async def _send_unit(self, ws: WebSocket, unit: _Unit) -> None:
+        encoded, captured = unit.encoded, unit.captured
+        message = self._proto.send(
+            p.Video(
+                self._seq,
                 encoded.pts,
-                unit.captured.captured_at,
-                encode_ms=unit.encode_ms,
-                size_bytes=len(encoded.data),
-                keyframe=encoded.keyframe,
-                payload=unit.captured.frame if self.config.save_path else None,
+                round(captured.captured_at * 1_000_000),
+                encoded.keyframe,
+                encoded.data,
             )
-            self.stats.on_sent(now, len(encoded.data), encoded.keyframe)
-            await ws.send(message)
+        )
+        now = time.monotonic()
+        self.matcher.sent(
+            encoded.pts,
+            captured.captured_at,
+            encode_ms=unit.encode_ms,
+            size_bytes=len(encoded.data),
+            keyframe=encoded.keyframe,
+            scale=unit.scale,
+            payload=captured.frame if self.config.save_path else None,
+        )
+        self.stats.on_sent(now, len(encoded.data), encoded.keyframe)
+        if self._controller is not None:
+            self._controller.on_sent(self._seq, len(message), now)
+        self._seq += 1
+        await ws.send(message)
 
     async def _wait_answers(self, receiver: asyncio.Task[None]) -> None:
         """After Bye: wait until every sent pts is answered or the server closes."""
@@ -458,6 +575,8 @@ class StreamClient:
             log.warning(
                 "%d frames unanswered after %.0f s", len(self.matcher), self.config.answer_timeout_s
             )
+
+    # ------------------------------------------------------------------- answers
 
     async def _receive_loop(self, ws: WebSocket) -> None:
         try:
@@ -473,23 +592,38 @@ class StreamClient:
     def _handle(self, event: p.Event) -> None:
         now = time.monotonic()
         if isinstance(event, p.Result):
-            record = self.matcher.on_result(event, now)
+            self._answered(self.matcher.on_result(event, now))
         elif isinstance(event, p.Dropped):
-            record = self.matcher.on_dropped(event, now)
+            self._answered(self.matcher.on_dropped(event, now))
+        elif isinstance(event, p.Feedback):
+            self._on_feedback(event, now)
         elif isinstance(event, p.KeyframeRequest):
             log.info("server asked for a keyframe (%s)", event.reason.name.lower())
             self.stats.keyframe_requests += 1
             self._keyframe_wanted.set()
-            return
         elif isinstance(event, p.Error):
             log.error("server error: %s", event.message)
+
+    def _answered(self, record: FrameRecord | None) -> None:
+        if record is None:
             return
-        else:
+        if self._in_flight is not None:
+            self._in_flight.release()
+        self._emit(record)
+
+    def _on_feedback(self, feedback: p.Feedback, now: float) -> None:
+        if self._controller is None or self._retarget is None:
             return
-        if record is not None:
-            if self._in_flight is not None:
-                self._in_flight.release()
-            self._emit(record)
+        self._controller.on_feedback(feedback.arrivals, now)
+        target = self._controller.poll(now)
+        if target is None or not self._retarget.offer(target, now):
+            return
+        log.info(
+            "adapting: %d kbit/s, %dx%d @ %.3g fps",
+            target.bitrate_kbps, target.width, target.height, target.fps,
+        )  # fmt: skip
+        if self._capture is not None and target.fps != self._capture.fps:
+            self._capture.set_fps(target.fps)
 
     def _on_skipped(self, captured: CapturedFrame) -> None:
         self._emit(self.matcher.skipped(captured.pts, captured.captured_at))
@@ -503,6 +637,25 @@ class StreamClient:
         for sink in self._sinks.extra:
             sink(record)
 
+    # ---------------------------------------------------------------- reporting
+
+    async def _timeline_loop(self, period_s: float = 0.2) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            now = time.monotonic()
+            entry: dict[str, Any] = {"t": round(now - self._started_at, 3)}
+            if self._retarget is not None:
+                current = self._retarget.current
+                entry.update(
+                    target_kbps=round(current.bitrate_kbps),
+                    fps=current.fps,
+                    width=current.width,
+                    height=current.height,
+                )
+            if self._controller is not None:
+                entry["controller"] = self._controller.snapshot(now)
+            self.timeline.append(entry)
+
     async def _status_loop(self) -> None:
         if not self.config.status:
             return
@@ -515,6 +668,10 @@ class StreamClient:
     def _end_status(self) -> None:
         if self._status_printed:
             sys.stderr.write("\n")
+
+
+def _num(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f}"
 
 
 def _client_tls(config: ClientConfig) -> ssl.SSLContext | None:

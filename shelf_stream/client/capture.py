@@ -71,18 +71,14 @@ class CapturedFrame:
     captured_at: float  # time.monotonic() seconds
 
 
-def pts_for_tick(tick: int, fps: float) -> int:
-    """pts (in TIME_BASE) of the ``tick``-th frame interval."""
-    return round(tick / fps / TIME_BASE)
-
-
 class CaptureThread(threading.Thread):
     """Reads ``source`` on a steady clock and publishes frames into ``slot``.
 
-    For files and generated sources the thread paces itself: frame ``n`` is published
-    at ``start + n / fps``; if reading fell behind, the missed ticks are skipped (their
-    pts never exist) instead of catching up in a burst. For live cameras the device
-    sets the pace and the pts comes from the capture time.
+    For files and generated sources the thread paces itself: each frame is published at
+    its due time, one frame interval after the previous one; if reading fell behind,
+    the missed ticks are skipped (their pts never exist) instead of catching up in a
+    burst. For live cameras the device sets the pace. Either way the pts is the due (or
+    capture) time on the stream's clock, so ``set_fps`` can change the rate mid-stream.
     """
 
     def __init__(
@@ -112,6 +108,10 @@ class CaptureThread(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
 
+    def set_fps(self, fps: float) -> None:
+        """Change the capture rate from the next frame on (any thread)."""
+        self.fps = fps
+
     def run(self) -> None:
         try:
             self._capture()
@@ -122,8 +122,7 @@ class CaptureThread(threading.Thread):
             self.slot.close()
 
     def _capture(self) -> None:
-        start = self._clock()
-        tick = 0
+        start = due = self._clock()
         while not self._stop_event.is_set():
             if self.max_frames is not None and self.frames_captured >= self.max_frames:
                 return
@@ -132,28 +131,24 @@ class CaptureThread(threading.Thread):
             frame = self.source.read()
             if frame is None:
                 return  # end of a finite source
-            now = self._clock()
             if self.source.live:
-                pts = round((now - start) / TIME_BASE)
-            else:
-                tick = self._wait_for_tick(start, tick, now)
-                if tick < 0:
-                    return
-                pts = pts_for_tick(tick, self.fps)
                 now = self._clock()
-                tick += 1
-            self._publish(CapturedFrame(frame, pts, now))
+                self._publish(CapturedFrame(frame, round((now - start) / TIME_BASE), now))
+                continue
+            due = self._skip_missed_ticks(due, self._clock())
+            if self._stop_event.wait(max(0.0, due - self._clock())):
+                return
+            self._publish(CapturedFrame(frame, round((due - start) / TIME_BASE), self._clock()))
+            due += 1 / self.fps
 
-    def _wait_for_tick(self, start: float, tick: int, now: float) -> int:
-        """Sleep until ``tick`` is due; if it is long past, jump to the current tick."""
-        late_ticks = int((now - start) * self.fps) - tick
+    def _skip_missed_ticks(self, due: float, now: float) -> float:
+        """If ``due`` is more than an interval past, move it to the latest tick."""
+        interval = 1 / self.fps
+        late_ticks = int((now - due) / interval)
         if late_ticks > 0:
             self.ticks_missed += late_ticks
-            tick += late_ticks
-        due = start + tick / self.fps
-        if self._stop_event.wait(max(0.0, due - self._clock())):
-            return -1
-        return tick
+            due += late_ticks * interval
+        return due
 
     def _publish(self, captured: CapturedFrame) -> None:
         self.frames_captured += 1

@@ -7,7 +7,7 @@ the server, a skip at capture, or ``lost`` if no answer came within the timeout.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shelf_stream import protocol as p
@@ -19,6 +19,7 @@ class _Sent:
     encode_ms: float
     size_bytes: int
     keyframe: bool
+    scale: tuple[float, float]  # streamed frame → requested frame (the stream may be scaled)
     payload: Any  # kept for the caller (e.g. the frame to annotate), else None
 
 
@@ -53,6 +54,17 @@ class FrameRecord:
         return self.latency_ms - self.encode_ms - self.decode_ms - self.infer_ms
 
 
+def _scaled(
+    detections: tuple[p.Detection, ...], scale: tuple[float, float]
+) -> tuple[p.Detection, ...]:
+    sx, sy = scale
+    if sx == 1.0 and sy == 1.0:
+        return detections
+    return tuple(
+        replace(d, x1=d.x1 * sx, y1=d.y1 * sy, x2=d.x2 * sx, y2=d.y2 * sy) for d in detections
+    )
+
+
 class ResultMatcher:
     """Remembers sent frames until their answer arrives."""
 
@@ -72,10 +84,15 @@ class ResultMatcher:
         encode_ms: float,
         size_bytes: int,
         keyframe: bool,
+        scale: tuple[float, float] = (1.0, 1.0),
         payload: Any = None,
     ) -> list[FrameRecord]:
-        """Record a sent frame. Returns frames evicted as lost if too many are pending."""
-        self._pending[pts] = _Sent(captured_at, encode_ms, size_bytes, keyframe, payload)
+        """Record a sent frame. Returns frames evicted as lost if too many are pending.
+
+        ``scale`` maps the streamed frame's pixels to the frame size the user asked for,
+        so boxes stay in one coordinate system while adaptation changes the stream's size.
+        """
+        self._pending[pts] = _Sent(captured_at, encode_ms, size_bytes, keyframe, scale, payload)
         evicted = []
         while len(self._pending) > self.max_pending:
             old_pts, old = self._pending.popitem(last=False)
@@ -99,7 +116,7 @@ class ResultMatcher:
             queue_ms=result.queue_us / 1000,
             infer_ms=result.infer_us / 1000,
             server_ms=result.total_us / 1000,
-            detections=result.detections,
+            detections=_scaled(result.detections, sent.scale),
         )
 
     def on_dropped(self, dropped: p.Dropped, now: float) -> FrameRecord | None:

@@ -27,6 +27,7 @@ from shelf_stream.engine.models import (
     resolve_model,
 )
 from shelf_stream.engine.preprocess import LetterboxSpec, letterbox
+from shelf_stream.engine.selection import auto_detector, tensorrt_detector
 from shelf_stream.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,6 @@ def _onnxruntime(config: EngineConfig) -> Detector:
     return OnnxRuntimeDetector(config, prefer_cuda=True)
 
 
-def _auto(config: EngineConfig) -> Detector:
-    from shelf_stream.engine.onnx_backend import cuda_available
-
-    # For now the only backend; TensorRT will come first here once it exists.
-    log.info(
-        "backend auto: onnxruntime with the %s execution provider",
-        "CUDA" if cuda_available() else "CPU",
-    )
-    return _onnxruntime(config)
-
-
 def _unavailable(name: str, needs: str) -> BackendFactory:
     def factory(config: EngineConfig) -> Detector:
         raise EngineError(
@@ -64,9 +54,9 @@ def _unavailable(name: str, needs: str) -> BackendFactory:
 
 #: Backend name -> factory. ``auto`` picks the best one this machine can run.
 BACKENDS: dict[str, BackendFactory] = {
-    "auto": _auto,
+    "auto": auto_detector,
     "onnxruntime": _onnxruntime,
-    "tensorrt": _unavailable("tensorrt", "the tensorrt and cuda-python packages and an NVIDIA GPU"),
+    "tensorrt": tensorrt_detector,
     "triton": _unavailable("triton", "a Triton Inference Server and tritonclient"),
 }
 

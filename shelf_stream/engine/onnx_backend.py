@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from shelf_stream.engine.adapters import ModelAdapter, select_adapter
+from shelf_stream.engine.adapters import ModelAdapter
 from shelf_stream.engine.base import Detections, Detector, EngineConfig, Image, PreparedImage
-from shelf_stream.engine.coco import COCO_CLASSES
-from shelf_stream.engine.postprocess import postprocess
+from shelf_stream.engine.common import chunks, decode_output, model_layout, stack_batch
 from shelf_stream.engine.preprocess import LetterboxSpec, letterbox
-from shelf_stream.errors import ConfigError, EngineError
+from shelf_stream.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +52,26 @@ class OnnxRuntimeDetector(Detector):
         self._session: ort.InferenceSession | None = session
         metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         model_input = session.get_inputs()[0]
-        output = session.get_outputs()[0]
-        _check_input(self._path, model_input.shape, model_input.type)
+        outputs = session.get_outputs()
+        self._layout = model_layout(
+            self._path, config, model_input.shape, [o.shape for o in outputs], metadata
+        )
+        if model_input.type not in _INPUT_DTYPES:
+            raise EngineError(
+                f"{self._path.name}: input type {model_input.type} is not supported "
+                "(float32/float16)"
+            )
         self._input_name: str = model_input.name
         self._input_dtype = _INPUT_DTYPES[model_input.type]
-        self._output_name: str = output.name
+        self._output_name: str = outputs[0].name
         batch = model_input.shape[0]
         self._fixed_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
-        self._adapter = select_adapter(
-            [o.shape for o in session.get_outputs()], metadata, config.adapter
-        )
-        self._input_size = _input_size(self._path, model_input.shape, self._adapter, metadata)
-        self._letterbox = self._adapter.letterbox_spec(self._input_size)
-        self._class_names = _class_names(
-            config.class_names,
-            self._adapter.class_names(metadata),
-            self._adapter.num_classes(output.shape),
-        )
         log.info(
             "loaded %s (%s format, %dx%d input, %d classes) on %s",
             self._path,
-            self._adapter.name,
-            *self._input_size,
-            len(self._class_names),
+            self._layout.adapter.name,
+            *self._layout.input_size,
+            len(self._layout.class_names),
             ", ".join(session.get_providers()),
         )
 
@@ -88,19 +83,19 @@ class OnnxRuntimeDetector(Detector):
 
     @property
     def input_size(self) -> tuple[int, int]:
-        return self._input_size
+        return self._layout.input_size
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self._class_names
+        return self._layout.class_names
 
     @property
     def adapter(self) -> ModelAdapter:
-        return self._adapter
+        return self._layout.adapter
 
     @property
     def letterbox_spec(self) -> LetterboxSpec:
-        return self._letterbox
+        return self._layout.letterbox
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -110,15 +105,15 @@ class OnnxRuntimeDetector(Detector):
     # ------------------------------------------------------------------ running
 
     def prepare(self, image: Image) -> PreparedImage:
-        return letterbox(image, self._letterbox)
+        return letterbox(image, self._layout.letterbox)
 
     def infer(self, batch: Sequence[PreparedImage]) -> list[Detections]:
         results: list[Detections] = []
-        for chunk in self._chunks(batch):
+        for chunk in chunks(batch, self._fixed_batch or len(batch)):
             outputs = self._run(chunk)
             # strict=False: a padded fixed-size batch has more outputs than images.
             results.extend(
-                self._postprocess(out, prepared)
+                decode_output(self._layout, self._config, out, prepared)
                 for out, prepared in zip(outputs, chunk, strict=False)
             )
         return results
@@ -126,37 +121,14 @@ class OnnxRuntimeDetector(Detector):
     def close(self) -> None:
         self._session = None
 
-    def _chunks(self, batch: Sequence[PreparedImage]) -> Iterator[Sequence[PreparedImage]]:
-        size = self._fixed_batch or max(1, len(batch))
-        for start in range(0, len(batch), size):
-            yield batch[start : start + size]
-
     def _run(self, chunk: Sequence[PreparedImage]) -> np.ndarray:
-        tensor = np.stack([prepared.tensor for prepared in chunk]).astype(
-            self._input_dtype, copy=False
-        )
-        if self._fixed_batch is not None and tensor.shape[0] < self._fixed_batch:
-            # A fixed-batch model needs a full batch; the padding rows' outputs are ignored.
-            filler = np.zeros(
-                (self._fixed_batch - tensor.shape[0], *tensor.shape[1:]), tensor.dtype
-            )
-            tensor = np.concatenate([tensor, filler])
+        # A fixed-batch model needs a full batch; the padding rows' outputs are ignored.
+        tensor = stack_batch(chunk, self._input_dtype, pad_to=self._fixed_batch)
         try:
             output = self._live_session().run([self._output_name], {self._input_name: tensor})[0]
         except Exception as exc:  # onnxruntime's errors share no base class but Exception
             raise EngineError(f"inference with {self._path.name} failed: {exc}") from exc
         return np.asarray(output)
-
-    def _postprocess(self, output: np.ndarray, prepared: PreparedImage) -> Detections:
-        config = self._config
-        candidates = self._adapter.decode(output, self._input_size, config.score_threshold)
-        return postprocess(
-            candidates,
-            prepared,
-            score_threshold=config.score_threshold,
-            iou_threshold=config.nms_iou_threshold,
-            max_detections=config.max_detections,
-        )
 
     def _live_session(self) -> ort.InferenceSession:
         if self._session is None:
@@ -194,52 +166,3 @@ def _open_session(path: Path, intra_op_threads: int, providers: list[str]) -> or
             f"cannot load {path} as an ONNX model ({exc}); the file may be truncated or "
             f"not ONNX: download or export it again, or {_SUPPLY_MODEL_HINT}"
         ) from exc
-
-
-def _check_input(path: Path, shape: Sequence[Any], type_name: str) -> None:
-    channels = shape[1] if len(shape) == 4 else None
-    if len(shape) != 4 or (isinstance(channels, int) and channels != 3):
-        raise EngineError(
-            f"{path.name}: input shape {list(shape)} is not (batch, 3, height, width); "
-            "expected an image detection model (YOLOX or Ultralytics YOLOv8/YOLO11)"
-        )
-    if type_name not in _INPUT_DTYPES:
-        raise EngineError(f"{path.name}: input type {type_name} is not supported (float32/float16)")
-
-
-def _input_size(
-    path: Path, shape: Sequence[Any], adapter: ModelAdapter, metadata: Mapping[str, str]
-) -> tuple[int, int]:
-    height, width = shape[2], shape[3]
-    if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
-        return width, height
-    from_metadata = adapter.input_size(metadata)
-    if from_metadata is None:
-        raise EngineError(
-            f"{path.name} has a dynamic input size {list(shape)} and no 'imgsz' metadata; "
-            "export it with a fixed input size"
-        )
-    return from_metadata
-
-
-def _class_names(
-    configured: tuple[str, ...] | None,
-    from_metadata: tuple[str, ...] | None,
-    num_classes: int | None,
-) -> tuple[str, ...]:
-    """Configured names, else the model's, else COCO for 80 classes, else class_<i>."""
-    if num_classes is None:
-        num_classes = len(configured or from_metadata or ())
-    if num_classes <= 0:
-        raise EngineError("cannot tell the number of classes from the model's output")
-    if configured is not None:
-        if len(configured) != num_classes:
-            raise ConfigError(
-                f"{len(configured)} class names given, but the model has {num_classes} classes"
-            )
-        return configured
-    if from_metadata is not None and len(from_metadata) == num_classes:
-        return from_metadata
-    if num_classes == len(COCO_CLASSES):
-        return COCO_CLASSES
-    return tuple(f"class_{i}" for i in range(num_classes))

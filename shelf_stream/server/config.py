@@ -32,6 +32,7 @@ class ServerConfig:
     limits: ServerLimits = field(default_factory=ServerLimits)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     token: str | None = None
+    decoder: str = "auto"  # auto (NVDEC if available, else software), software, nvdec
     max_streams: int = 32
     max_streams_per_address: int = 8
     # Messages per second per connection (averaged; bursts of twice that pass). A 120 fps

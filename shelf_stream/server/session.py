@@ -28,6 +28,7 @@ from websockets.asyncio.server import ServerConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
 from shelf_stream import protocol as p
+from shelf_stream.codec.nvdec import make_decoder_factory
 from shelf_stream.codec.recovery import DecodeResult, RecoveringDecoder
 from shelf_stream.engine.base import Detections, Detector, PreparedImage
 from shelf_stream.errors import RemoteProtocolError, ShelfStreamError
@@ -208,7 +209,9 @@ class Session:
         self._check_token(hello)
         self._hello = hello
         try:
-            self._decoder = RecoveringDecoder(hello.codec)
+            self._decoder = RecoveringDecoder(
+                hello.codec, make_decoder_factory(hello.codec, self.config.decoder)
+            )
         except ShelfStreamError as exc:
             raise RemoteProtocolError(
                 f"codec {hello.codec} cannot be decoded here: {exc}",

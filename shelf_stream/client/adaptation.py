@@ -1,0 +1,99 @@
+"""Glue between the sans-I/O adaptation cores and the running client.
+
+- ``run_probe``: drives a ``BandwidthProbe`` over the connection before streaming.
+- ``Retarget``: hands new encoder targets from the event loop to the encoder thread.
+  Each encoder switch costs a keyframe (libx265 cannot change its rate in place through
+  FFmpeg), so the policy here keeps switches rare: decreases pass at once (a queue is
+  building), increases at most every ``min_up_interval_s``, and changes under
+  ``min_change`` are ignored. The policy is sans-I/O (``now`` passed in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from websockets.asyncio.client import ClientConnection as WebSocket
+
+from shelf_stream import protocol as p
+from shelf_stream.client.controller import Target
+from shelf_stream.client.probe import BandwidthProbe, ProbeResult
+
+
+async def run_probe(
+    ws: WebSocket,
+    proto: p.ClientConnection,
+    probe: BandwidthProbe,
+    clock: Callable[[], float],
+) -> ProbeResult:
+    """Send the probe's bursts and feed it the acknowledgements until it is done."""
+    while not probe.done:
+        now = clock()
+        for probe_id, padding in probe.next_probes(now):
+            await ws.send(proto.send(p.Probe(probe_id, round(now * 1_000_000), padding)))
+        due = probe.get_timer()
+        timeout = max(0.0, due - clock()) if due is not None else 0.05
+        try:
+            message = await asyncio.wait_for(ws.recv(), timeout)
+        except TimeoutError:
+            probe.handle_timer(clock())
+            continue
+        proto.receive_message(message)
+        for event in proto.events_received():
+            if isinstance(event, p.ProbeAck):
+                probe.on_ack(event, clock())
+    return probe.result()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetargetPolicy:
+    """When a new target from the controller is worth an encoder switch."""
+
+    min_change: float = 0.1  # relative bitrate change
+    min_down_interval_s: float = 0.5
+    min_up_interval_s: float = 2.0
+
+
+class Retarget:
+    """The encoder's target: offered on the event loop, taken by the encoder thread."""
+
+    def __init__(self, current: Target, now: float, policy: RetargetPolicy | None = None) -> None:
+        self.policy = policy or RetargetPolicy()
+        self.current = current
+        self.switches = 0
+        self._last_switch = now
+        self._pending: Target | None = None
+        self._lock = threading.Lock()
+
+    def offer(self, target: Target, now: float) -> bool:
+        """Consider ``target``; True if the encoder will switch to it."""
+        if not self._worth_switching(target, now):
+            return False
+        with self._lock:
+            self._pending = target
+        self.current = target
+        self._last_switch = now
+        self.switches += 1
+        return True
+
+    def take(self) -> Target | None:
+        """Encoder thread: the target to switch to before the next frame, if any."""
+        with self._lock:
+            target, self._pending = self._pending, None
+        return target
+
+    def _worth_switching(self, target: Target, now: float) -> bool:
+        current = self.current
+        if _rung(target) != _rung(current):
+            return True  # the controller already holds rung changes for seconds
+        change = target.bitrate_kbps / current.bitrate_kbps - 1
+        if abs(change) < self.policy.min_change:
+            return False
+        interval = self.policy.min_down_interval_s if change < 0 else self.policy.min_up_interval_s
+        return now - self._last_switch >= interval
+
+
+def _rung(target: Target) -> tuple[int, int, float]:
+    return target.width, target.height, target.fps

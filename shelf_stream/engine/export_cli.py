@@ -1,0 +1,181 @@
+"""``shelf-stream export``: ONNX -> TensorRT engine, or Ultralytics checkpoint -> ONNX.
+
+::
+
+    shelf-stream export --onnx model.onnx [--fp16] [--int8 --calib DIR] [--best]
+                        [--batch MIN:OPT:MAX] [--workspace-mb N] --engine out.engine
+    shelf-stream export --weights model.pt [--imgsz N] [--out model.onnx]
+
+Precision rules (see ``trt_build.BuildOptions``): ``--int8`` needs ``--calib``;
+``--best`` enables every reduced precision, INT8 only with ``--calib`` (without it the
+engine is FP16/BF16 and a warning says so); ``--calib`` alone is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from shelf_stream.errors import ConfigError, EngineError
+
+log = logging.getLogger(__name__)
+
+EXPORT_INSTALL_HINT = "install the export extra: pip install 'shelf-stream[export]'"
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``export`` sub-command to ``subparsers`` (from ``add_subparsers``)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "export",
+        help="build a TensorRT engine from ONNX, or export an Ultralytics checkpoint to ONNX",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--onnx", type=Path, help="ONNX model to build a TensorRT engine from")
+    source.add_argument("--weights", type=Path, help="Ultralytics .pt checkpoint to export")
+    trt = parser.add_argument_group("TensorRT engine (with --onnx)")
+    trt.add_argument("--engine", type=Path, help="where to write the engine (a .json sidecar too)")
+    trt.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
+    trt.add_argument("--int8", action="store_true", help="allow INT8 kernels (needs --calib)")
+    trt.add_argument("--calib", type=Path, help="directory of calibration images for INT8")
+    trt.add_argument(
+        "--best", action="store_true",
+        help="all reduced precisions, like trtexec --best (INT8 only with --calib)",
+    )  # fmt: skip
+    trt.add_argument(
+        "--batch", default=None,
+        help="optimisation profile batch sizes MIN:OPT:MAX (default 1:1:8)",
+    )  # fmt: skip
+    trt.add_argument("--workspace-mb", type=int, default=None, help="builder workspace (MB)")
+    onnx = parser.add_argument_group("ONNX export (with --weights)")
+    onnx.add_argument("--imgsz", type=int, default=640, help="input size in pixels (default 640)")
+    onnx.add_argument("--out", type=Path, help="ONNX path (default: next to the weights)")
+    return parser
+
+
+def build_options_from_args(args: argparse.Namespace) -> Any:
+    """``BuildOptions`` from the parsed ``--onnx`` arguments; ``ConfigError`` if bad."""
+    from shelf_stream.engine.trt_build import (
+        DEFAULT_BATCH,
+        DEFAULT_WORKSPACE_MB,
+        BuildOptions,
+        parse_batch,
+    )
+
+    options = BuildOptions(
+        fp16=args.fp16,
+        int8=args.int8,
+        best=args.best,
+        calib_dir=args.calib,
+        batch=parse_batch(args.batch) if args.batch else DEFAULT_BATCH,
+        workspace_mb=DEFAULT_WORKSPACE_MB if args.workspace_mb is None else args.workspace_mb,
+    )
+    options.validate()
+    return options
+
+
+def _check_onnx_args(args: argparse.Namespace) -> None:
+    if args.engine is None:
+        raise ConfigError("--onnx needs --engine OUT.engine (where to write the engine)")
+    if not args.onnx.is_file():
+        raise ConfigError(f"ONNX model not found: {args.onnx}")
+    if args.out is not None:
+        raise ConfigError("--out is for --weights; with --onnx the output is --engine")
+
+
+def _check_weights_args(args: argparse.Namespace) -> None:
+    trt_only = {
+        "--engine": args.engine is not None,
+        "--fp16": args.fp16,
+        "--int8": args.int8,
+        "--calib": args.calib is not None,
+        "--best": args.best,
+        "--batch": args.batch is not None,
+        "--workspace-mb": args.workspace_mb is not None,
+    }
+    misused = [flag for flag, given in trt_only.items() if given]
+    if misused:
+        raise ConfigError(
+            f"{', '.join(misused)} only apply to --onnx; export the checkpoint to ONNX first, "
+            "then build the engine from it"
+        )
+    if not args.weights.is_file():
+        raise ConfigError(f"weights not found: {args.weights}")
+    if args.imgsz <= 0 or args.imgsz % 32:
+        raise ConfigError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Run ``export``; 0 on success. Raises ``ConfigError``/``EngineError`` (the CLI
+    prints them)."""
+    if args.onnx is not None:
+        _check_onnx_args(args)
+        options = build_options_from_args(args)
+        from shelf_stream.engine.trt_build import build_with_options
+
+        sidecar = build_with_options(args.onnx, args.engine, options)
+        print(
+            f"wrote {args.engine} ({', '.join(sidecar.key.precisions) or 'fp32/tf32'}, batch "
+            f"{':'.join(map(str, sidecar.key.batch))}) for {sidecar.key.gpu_name} "
+            f"(compute capability {sidecar.key.compute_capability}), TensorRT "
+            f"{sidecar.key.tensorrt_version}, in {sidecar.build_seconds:.0f} s"
+        )
+        return 0
+    _check_weights_args(args)
+    out = export_ultralytics(args.weights, imgsz=args.imgsz, out=args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _load_yolo() -> Any:
+    try:
+        from ultralytics import YOLO
+    except ImportError as exc:
+        raise ConfigError(
+            f"exporting .pt weights needs ultralytics ({exc}); {EXPORT_INSTALL_HINT}"
+        ) from exc
+    return YOLO
+
+
+def export_ultralytics(
+    weights: Path, *, imgsz: int = 640, out: Path | None = None, yolo: Any | None = None
+) -> Path:
+    """Export an Ultralytics detection checkpoint to ONNX with a dynamic batch.
+
+    Ultralytics writes the class names (``names``) and ``imgsz`` into the ONNX metadata,
+    which the adapters read; the export is checked for them. ``yolo`` (the ``YOLO``
+    class) is injectable for tests.
+    """
+    yolo = yolo if yolo is not None else _load_yolo()
+    model = yolo(str(weights))
+    task = getattr(model, "task", "detect")
+    if task != "detect":
+        raise ConfigError(f"{weights} is a {task!r} model; shelf-stream serves detection models")
+    # dynamic=True: a dynamic batch for TensorRT profiles (height/width become dynamic
+    # too; the adapters take them from the imgsz metadata). No NMS in the graph: the
+    # shared post-processing does it for every backend alike.
+    exported = Path(model.export(format="onnx", imgsz=imgsz, dynamic=True, simplify=True))
+    if out is not None and exported.resolve() != out.resolve():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(exported), out)
+        exported = out
+    _check_metadata(exported)
+    return exported
+
+
+def _check_metadata(path: Path) -> None:
+    from shelf_stream.engine.trt_build import onnx_metadata
+
+    try:
+        metadata = onnx_metadata(path)
+    except EngineError as exc:
+        raise EngineError(f"the exported model cannot be read back: {exc}") from exc
+    missing = [key for key in ("names", "imgsz") if key not in metadata]
+    if missing:
+        log.warning(
+            "%s has no %s metadata; pass class names with the serve options",
+            path,
+            " or ".join(missing),
+        )
