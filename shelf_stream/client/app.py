@@ -643,7 +643,7 @@ class StreamClient:
         while True:
             await asyncio.sleep(period_s)
             now = time.monotonic()
-            entry: dict[str, Any] = {"t": round(now - self._started_at, 3)}
+            entry: dict[str, Any] = {"t": round(now - self._started_at, 3), "at": now}
             if self._retarget is not None:
                 current = self._retarget.current
                 entry.update(

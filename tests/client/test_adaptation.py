@@ -1,0 +1,34 @@
+"""When a controller target is worth an encoder switch (each costs a keyframe)."""
+
+from __future__ import annotations
+
+from shelf_stream.client.adaptation import Retarget
+from shelf_stream.client.controller import Target
+
+
+def target(kbps: float, width: int = 640, height: int = 480, fps: float = 30.0) -> Target:
+    return Target(kbps, fps, width, height)
+
+
+def test_small_changes_are_ignored_and_decreases_pass_quickly() -> None:
+    retarget = Retarget(target(1000), now=0.0)
+    assert not retarget.offer(target(950), now=5.0)  # 5 %: not worth a keyframe
+    assert retarget.offer(target(800), now=5.0)
+    assert retarget.take() == target(800)
+    assert retarget.take() is None, "taken once"
+    assert not retarget.offer(target(600), now=5.2)  # within 0.5 s of the last switch
+    assert retarget.offer(target(600), now=5.6)
+
+
+def test_increases_wait_longer_than_decreases() -> None:
+    retarget = Retarget(target(1000), now=0.0)
+    assert retarget.offer(target(700), now=1.0)
+    assert not retarget.offer(target(900), now=2.0)  # up: at most every 2 s
+    assert retarget.offer(target(900), now=3.1)
+    assert retarget.switches == 2
+
+
+def test_rung_changes_always_pass() -> None:
+    retarget = Retarget(target(1000), now=0.0)
+    assert retarget.offer(target(1000, 640, 360, 15.0), now=0.1)
+    assert retarget.current == target(1000, 640, 360, 15.0)
