@@ -69,6 +69,7 @@ class ClientConfig:
     max_bitrate_kbps: int = 8000
     jpeg_quality: int = 95  # codec jpeg_zlib only (the seed baseline)
     keyframe_interval_s: float = 2.0
+    keyframe_min_interval_s: float = 0.5  # honour server requests at most this often
     preset: str | None = None
     token: str | None = None
     cafile: Path | None = None  # wss://: trust this CA (default: the system's)
@@ -165,6 +166,7 @@ class StreamClient:
         self._retarget: Retarget | None = None
         self._ladder: tuple[Rung, ...] = ()
         self._started_at = time.monotonic()
+        self._last_keyframe_forced = -1e9
 
     def request_stop(self) -> None:
         """Finish gracefully: stop capturing, send what is encoded, wait for answers.
@@ -598,9 +600,13 @@ class StreamClient:
         elif isinstance(event, p.Feedback):
             self._on_feedback(event, now)
         elif isinstance(event, p.KeyframeRequest):
-            log.info("server asked for a keyframe (%s)", event.reason.name.lower())
             self.stats.keyframe_requests += 1
-            self._keyframe_wanted.set()
+            # Rate-limited: a keyframe costs several frames' bytes, and one already on
+            # its way answers every request made before it arrives.
+            if now - self._last_keyframe_forced >= self.config.keyframe_min_interval_s:
+                log.info("server asked for a keyframe (%s)", event.reason.name.lower())
+                self._last_keyframe_forced = now
+                self._keyframe_wanted.set()
         elif isinstance(event, p.Error):
             log.error("server error: %s", event.message)
 
