@@ -141,8 +141,10 @@ class Session:
         try:
             await self._serve()
         except RemoteProtocolError as error:
+            code = p.ErrorCode(error.code)
             log.warning("stream %d from %s: %s; closing", self.id, self.peer, error)
-            await self._fail(p.ErrorCode(error.code), str(error), error.close_code)
+            self.metrics.connections_refused.labels(code.name.lower()).inc()
+            await self._fail(code, str(error), error.close_code)
         except ConnectionClosed:
             log.info("stream %d from %s: client went away", self.id, self.peer)
         except TimeoutError:
