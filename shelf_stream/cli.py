@@ -144,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-frame-age-ms", type=_positive_float, default=500.0,
         help="answer frames older than this as dropped instead of running them late",
     )  # fmt: skip
+    serve.add_argument(
+        "--max-batch", type=_positive_int, default=1,
+        help="run the newest frames of up to this many streams in one inference (default 1)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--batch-wait-ms", type=float, default=2.0,
+        help="wait at most this long for a fuller batch (default 2)",
+    )  # fmt: skip
     _add_model_options(serve)
 
     send = sub.add_parser("send", help="stream a camera, file or generated scene to a server")
@@ -262,7 +270,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keyfile=args.keyfile,
         origins=tuple(args.origins) if args.origins else None,
         limits=ServerLimits(codecs=_codecs(args.codecs)),
-        scheduler=SchedulerConfig(max_frame_age_ms=args.max_frame_age_ms),
+        scheduler=SchedulerConfig(
+            max_frame_age_ms=args.max_frame_age_ms,
+            max_batch_size=args.max_batch,
+            max_batch_wait_ms=args.batch_wait_ms,
+        ),
     )
     asyncio.run(run_server(config, lambda: create_detector(engine_config)))
     return 0
@@ -373,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def bench_main(argv: Sequence[str] | None = None) -> int:
     from shelf_stream.bench.codec import add_codec_parser, run_codec_bench
     from shelf_stream.bench.e2e import add_e2e_parser, run_e2e_bench
+    from shelf_stream.bench.fuzz import add_fuzz_parser, run_fuzz
+    from shelf_stream.bench.soak import add_soak_parser, run_soak
 
     parser = argparse.ArgumentParser(prog="shelf-bench", description="shelf-stream benchmarks")
     parser.add_argument(
@@ -387,6 +401,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     loopback.add_argument("--source", choices=["scene", "testsrc"], default="scene")
     add_codec_parser(sub)
     add_e2e_parser(sub)
+    add_fuzz_parser(sub)
+    add_soak_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     try:
@@ -394,6 +410,11 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
             run_codec_bench(args)  # prints its own table; --json writes the summary
         elif args.command == "e2e":
             run_e2e_bench(args)  # prints its own table; --json writes the report
+        elif args.command == "fuzz":
+            if not run_fuzz(args)["ok"]:  # prints its own report; --json writes it
+                return 1
+        elif args.command == "soak":
+            run_soak(args)  # prints its own report; --json writes it
         else:
             from shelf_stream.bench.loopback import run_loopback
 

@@ -21,6 +21,7 @@ from shelf_stream.server.config import ServerConfig
 from shelf_stream.server.metrics import ServerMetrics, http_endpoints
 from shelf_stream.server.scheduler import InferenceScheduler
 from shelf_stream.server.session import Session
+from shelf_stream.server.web import first_response, web_endpoints
 
 log = logging.getLogger("shelf_stream.server")
 
@@ -55,13 +56,15 @@ class Server:
             max_size=self.config.limits.max_message_bytes + p.HEADER.size,
             max_queue=4,  # few messages buffered in websockets: our own queue bounds the rest
             ping_interval=self.config.ping_interval_s,
-            process_request=http_endpoints(self.metrics, self._health),
+            process_request=first_response(
+                http_endpoints(self.metrics, self._health), web_endpoints()
+            ),
             origins=_origins(self.config.origins),
             ssl=_server_tls(self.config),
         )
         scheme = "wss" if self.config.certfile else "ws"
         log.info(
-            "listening on %s://%s:%d (model %s, %d classes; /healthz, /metrics)",
+            "listening on %s://%s:%d (model %s, %d classes; web client at /, /healthz, /metrics)",
             scheme, self.config.host, self.port, self.detector.model_name,
             len(self.detector.class_names),
         )  # fmt: skip
@@ -114,7 +117,13 @@ class Server:
             log.warning("refusing %s: %s", session.peer, refusal)
             self.metrics.connections_refused.labels("busy").inc()
             await websocket.send(p.encode_event(p.Error(p.ErrorCode.SERVER_BUSY, refusal)))
-            await websocket.close(p.ErrorCode.SERVER_BUSY.close_code, "server busy")
+            try:
+                await asyncio.wait_for(
+                    websocket.close(p.ErrorCode.SERVER_BUSY.close_code, "server busy"),
+                    self.config.close_timeout_s,
+                )
+            except TimeoutError:
+                websocket.transport.abort()
             return
         self.sessions.add(session)
         self.metrics.active_streams.inc()

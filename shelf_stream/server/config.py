@@ -42,6 +42,7 @@ class ServerConfig:
     outbox_messages: int = 512
     hello_timeout_s: float = 10.0
     drain_timeout_s: float = 5.0
+    close_timeout_s: float = 1.0  # after an Error, for the peer's close frame
     keyframe_request_interval_ms: float = 300.0
     feedback_interval_ms: float = 100.0  # arrival reports for the client's rate control
     ping_interval_s: float | None = 20.0

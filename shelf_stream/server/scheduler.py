@@ -57,6 +57,9 @@ class SchedulerPolicy:
         self.max_frame_age_s = max_frame_age_s
         self._slots: dict[int, PendingFrame] = {}  # stream id → its newest frame
         self._counter = 0
+        # stream id → number of the batch that last served it (absent: never served).
+        self._last_served: dict[int, int] = {}
+        self._batches_taken = 0
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -70,6 +73,7 @@ class SchedulerPolicy:
         return replaced
 
     def remove_stream(self, stream_id: int) -> PendingFrame | None:
+        self._last_served.pop(stream_id, None)
         return self._slots.pop(stream_id, None)
 
     def has_frame(self, stream_id: int) -> bool:
@@ -85,7 +89,7 @@ class SchedulerPolicy:
         return oldest + self.max_batch_wait_s
 
     def take_batch(self, now: float) -> Batch:
-        """Take up to ``max_batch_size`` frames, streams that waited longest first.
+        """Take up to ``max_batch_size`` frames, least recently served streams first.
 
         Frames older than the age limit are removed and returned as ``too_old``.
         """
@@ -96,12 +100,21 @@ class SchedulerPolicy:
         ]
         for frame in too_old:
             del self._slots[frame.stream_id]
-        # Fairness: the stream whose frame has waited longest goes first, so a fast
-        # stream refilling its slot cannot starve a slow one.
-        ready = sorted(self._slots.values(), key=lambda frame: frame.offered_seq)
+        # Fairness: the stream served least recently goes first (round robin among
+        # the streams with a frame waiting), then the one whose frame waited longest.
+        # Ordering by frame age alone starved periodic streams: a slot refilled just
+        # after another stream's always looked newer (a 30 fps stream got 0 of 1800
+        # frames beside 60 and 30 fps streams in tests/server/test_scheduler.py).
+        ready = sorted(
+            self._slots.values(),
+            key=lambda frame: (self._last_served.get(frame.stream_id, 0), frame.offered_seq),
+        )
         batch = ready[: self.max_batch_size]
+        if batch:
+            self._batches_taken += 1
         for frame in batch:
             del self._slots[frame.stream_id]
+            self._last_served[frame.stream_id] = self._batches_taken
         return Batch(batch, too_old)
 
 

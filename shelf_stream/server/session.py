@@ -175,13 +175,13 @@ class Session:
             if receiver.done():
                 if receiver.result():  # Bye: answer everything, then a normal close
                     await self._drain(decoder)
-                    await self.ws.close(1000, "bye")
+                    await self._close(1000, "bye")
             else:
                 # Server shutdown: stop reading, answer what is in flight, then go away.
                 receiver.cancel()
                 await asyncio.gather(receiver, return_exceptions=True)
                 await self._drain(decoder)
-                await self.ws.close(1001, "server shutting down")
+                await self._close(1001, "server shutting down")
         finally:
             for task in (receiver, shutdown):
                 task.cancel()
@@ -321,9 +321,21 @@ class Session:
     async def _fail(self, code: p.ErrorCode, message: str, close_code: int) -> None:
         try:
             await self.ws.send(p.encode_event(p.Error(code, message)))
-            await self.ws.close(close_code, message[:120])
         except ConnectionClosed:
-            pass
+            return
+        await self._close(close_code, message[:120])
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Close, waiting at most ``close_timeout_s`` for the peer's close frame.
+
+        A peer that still has messages queued (or stopped reading) cannot complete the
+        closing handshake while websockets has paused reading (max_queue); waiting for
+        websockets' own 10 s timeout would hold this stream's slot, so drop it instead.
+        """
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), self.config.close_timeout_s)
+        except TimeoutError:
+            self.ws.transport.abort()
 
     async def _release(self) -> None:
         """Free everything this stream holds, whatever way it ended."""

@@ -1,0 +1,54 @@
+"""``shelf-bench fuzz``: a small campaign against the real model must come out clean."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from shelf_stream import protocol as p
+from shelf_stream.bench.fuzz import add_fuzz_parser, match_detections, plan_cases, run_fuzz
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_fuzz_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["fuzz", *argv])
+
+
+def test_default_campaign_is_ten_thousand_cases() -> None:
+    assert _args().cases == 10_000
+
+
+def test_case_plan_is_deterministic_per_seed() -> None:
+    assert plan_cases(500, seed=7) == plan_cases(500, seed=7)
+    assert plan_cases(500, seed=7) != plan_cases(500, seed=8)
+
+
+def test_detections_match_by_class_and_overlap_not_order() -> None:
+    a = (p.Detection(1, 0.9, 0, 0, 10, 10), p.Detection(2, 0.8, 20, 20, 40, 40))
+    assert match_detections(a, a[::-1])[0]
+    moved = (p.Detection(1, 0.9, 0, 0, 10, 10), p.Detection(2, 0.8, 21, 20, 41, 40))
+    assert not match_detections(a, moved)[0]
+    assert not match_detections(a, a[:1])[0]
+
+
+@pytest.mark.timeout(180)
+def test_small_campaign_is_clean(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fuzz.json"
+    report = run_fuzz(_args("--cases", "200", "--seed", "3", "--model", str(model_path),
+                            "--json", str(out)))  # fmt: skip
+    assert json.loads(out.read_text()) == report
+    assert report["server_crashes"] == 0 and report["probe_round_trip"]
+    assert report["unhandled_exceptions"] == 0, report["log"]["tracebacks"]
+    healthy = report["healthy"]
+    assert healthy["lost"] == 0 and healthy["answered_twice"] == 0
+    assert healthy["drops_not_from_load"] == 0, healthy["dropped"]
+    assert report["detections"]["compared_frames"] > 0
+    assert report["detections"]["mismatched_frames"] == 0, report["detections"]["examples"]
+    assert report["threads"]["leaked_decoder_threads"] == 0
+    assert report["threads"]["sessions_left"] == 0
+    assert report["anomalies"] == 0, report["anomaly_examples"]
+    assert sum(kind["cases"] for kind in report["kinds"].values()) == 200
