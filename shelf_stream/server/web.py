@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import http
 import importlib.resources
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
@@ -27,6 +28,8 @@ from importlib.resources.abc import Traversable
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+
+log = logging.getLogger("shelf_stream.server")
 
 #: Content types of the file kinds the web directory may hold; other files are ignored.
 CONTENT_TYPES: Mapping[str, str] = {
@@ -43,6 +46,11 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; media-src 'self' blob: mediastream:; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
+)
+
+MISSING_TEXT = (
+    b"The browser client is not installed with this copy of shelf-stream "
+    b"(shelf_stream/web is missing from the package).\n"
 )
 
 STATIC_PREFIX = "/static/"
@@ -93,14 +101,18 @@ def web_endpoints(files: Mapping[str, StaticFile] | None = None) -> RequestHook:
     """
     table = dict(files) if files is not None else load_files()
     if INDEX not in table:
-        raise RuntimeError(f"the web client's {INDEX} is missing from the package")
+        # A packaging mistake (package data left out): streams still work, the page says why.
+        log.warning("the web client is missing from this installation (%s)", web_root())
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         if _is_upgrade(request):
             return None
         path = request.path.split("?", 1)[0]
         if path in ("/", "/" + INDEX):
-            return _serve(table[INDEX], request)
+            index = table.get(INDEX)
+            if index is None:
+                return _plain(http.HTTPStatus.SERVICE_UNAVAILABLE, MISSING_TEXT)
+            return _serve(index, request)
         if path.startswith(STATIC_PREFIX):
             found = table.get(path.removeprefix(STATIC_PREFIX))
             if found is None:
