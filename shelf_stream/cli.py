@@ -67,6 +67,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--adapter", choices=["yolox", "ultralytics"], help="model format (default: detected)"
     )
     group.add_argument("--score-threshold", type=float, default=0.3)
+    triton = parser.add_argument_group("triton (with --backend triton)")
+    triton.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton gRPC HOST:PORT")
+    triton.add_argument("--triton-model", help="model name on Triton (default: --model's stem)")
+    triton.add_argument(
+        "--triton-shm", action="store_true",
+        help="tensors via system shared memory (Triton on the same host/IPC namespace)",
+    )  # fmt: skip
     group.add_argument(
         "--threads", type=int, default=0, help="inference threads (default 0: half the CPU cores)"
     )
@@ -184,12 +191,22 @@ def _engine_config(args: argparse.Namespace) -> Any:
     from shelf_stream.engine import EngineConfig
     from shelf_stream.engine.models import resolve_model
 
+    if args.backend == "triton":
+        # A gateway in front of Triton holds no model file: the name is enough.
+        if not (args.model or args.triton_model):
+            raise ConfigError("--backend triton needs --triton-model NAME (or --model)")
+        model_path = Path(args.model or args.triton_model)
+    else:
+        model_path = resolve_model(args.model)
     return EngineConfig(
-        model_path=resolve_model(args.model),
+        model_path=model_path,
         backend=args.backend,
         adapter=args.adapter,
         score_threshold=args.score_threshold,
         intra_op_threads=args.threads,
+        triton_url=args.triton_url,
+        triton_model=args.triton_model,
+        triton_shm=args.triton_shm,
     )
 
 
@@ -386,6 +403,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     from shelf_stream.bench.codec import add_codec_parser, run_codec_bench
     from shelf_stream.bench.e2e import add_e2e_parser, run_e2e_bench
     from shelf_stream.bench.fuzz import add_fuzz_parser, run_fuzz
+    from shelf_stream.bench.scale import add_scale_parser, run_scale
     from shelf_stream.bench.soak import add_soak_parser, run_soak
 
     parser = argparse.ArgumentParser(prog="shelf-bench", description="shelf-stream benchmarks")
@@ -403,6 +421,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     add_e2e_parser(sub)
     add_fuzz_parser(sub)
     add_soak_parser(sub)
+    add_scale_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     try:
@@ -415,6 +434,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                 return 1
         elif args.command == "soak":
             run_soak(args)  # prints its own report; --json writes it
+        elif args.command == "scale":
+            run_scale(args)  # prints its own report; --json writes it
         else:
             from shelf_stream.bench.loopback import run_loopback
 

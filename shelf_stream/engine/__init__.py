@@ -28,7 +28,7 @@ from shelf_stream.engine.models import (
 )
 from shelf_stream.engine.preprocess import LetterboxSpec, letterbox
 from shelf_stream.engine.selection import auto_detector, tensorrt_detector
-from shelf_stream.errors import ConfigError, EngineError
+from shelf_stream.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,10 @@ def _onnxruntime(config: EngineConfig) -> Detector:
     return OnnxRuntimeDetector(config, prefer_cuda=True)
 
 
-def _unavailable(name: str, needs: str) -> BackendFactory:
-    def factory(config: EngineConfig) -> Detector:
-        raise EngineError(
-            f"backend {name!r} is not available yet (it needs {needs}); "
-            "use --backend onnxruntime or --backend auto"
-        )
+def _triton(config: EngineConfig) -> Detector:
+    from shelf_stream.engine.triton_backend import TritonDetector
 
-    return factory
+    return TritonDetector(config)
 
 
 #: Backend name -> factory. ``auto`` picks the best one this machine can run.
@@ -57,7 +53,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "auto": auto_detector,
     "onnxruntime": _onnxruntime,
     "tensorrt": tensorrt_detector,
-    "triton": _unavailable("triton", "a Triton Inference Server and tritonclient"),
+    "triton": _triton,
 }
 
 

@@ -51,6 +51,7 @@ class EngineConfig:
     ``backend``: ``auto``, ``onnxruntime``, ``tensorrt`` or ``triton``.
     ``adapter``: ``None`` picks the model format from its outputs/metadata;
     ``yolox`` or ``ultralytics`` forces one.
+    ``triton_*``: only for the ``triton`` backend (see ``engine.triton_backend``).
     """
 
     model_path: Path
@@ -61,6 +62,13 @@ class EngineConfig:
     max_detections: int = 100
     intra_op_threads: int = 0  # 0: half the CPU cores, at least 1
     class_names: tuple[str, ...] | None = field(default=None)  # overrides the model's
+    # backend "triton": the server's gRPC address, the model's name there (None: the
+    # model file's stem), system shared memory for tensors (same host only), and how
+    # long one request may take before it counts as failed.
+    triton_url: str = "127.0.0.1:8001"
+    triton_model: str | None = None
+    triton_shm: bool = False
+    triton_timeout_s: float = 10.0
 
 
 class Detector(ABC):

@@ -52,6 +52,9 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     onnx = parser.add_argument_group("ONNX export (with --weights)")
     onnx.add_argument("--imgsz", type=int, default=640, help="input size in pixels (default 640)")
     onnx.add_argument("--out", type=Path, help="ONNX path (default: next to the weights)")
+    from shelf_stream.engine.onnx_batch import add_dynamic_batch_args
+
+    add_dynamic_batch_args(parser)
     return parser
 
 
@@ -110,6 +113,10 @@ def _check_weights_args(args: argparse.Namespace) -> None:
 def run_export(args: argparse.Namespace) -> int:
     """Run ``export``; 0 on success. Raises ``ConfigError``/``EngineError`` (the CLI
     prints them)."""
+    if args.dynamic_batch:
+        from shelf_stream.engine.onnx_batch import run_dynamic_batch
+
+        return run_dynamic_batch(args.onnx, args.out)
     if args.onnx is not None:
         _check_onnx_args(args)
         options = build_options_from_args(args)

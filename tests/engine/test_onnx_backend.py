@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from shelf_stream.bench.loopback import free_port
 from shelf_stream.engine import BACKENDS, COCO_CLASSES, EngineConfig, create_detector
 from shelf_stream.engine.base import Detections, Detector, PreparedImage
 from shelf_stream.engine.onnx_backend import OnnxRuntimeDetector
@@ -210,8 +211,12 @@ def test_non_image_model_is_refused(tmp_path: Path) -> None:
 def test_factory_names(yolox_model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ConfigError, match="unknown engine backend 'tensorflow'"):
         create_detector(EngineConfig(model_path=yolox_model_path, backend="tensorflow"))
-    with pytest.raises(EngineError, match="backend 'triton' is not available yet"):
-        create_detector(EngineConfig(model_path=yolox_model_path, backend="triton"))
+    # Nothing listens on a just-freed port: the triton backend says how to reach one.
+    unreachable = f"127.0.0.1:{free_port()}"
+    with pytest.raises(EngineError, match="cannot reach the Triton server"):
+        create_detector(
+            EngineConfig(model_path=yolox_model_path, backend="triton", triton_url=unreachable)
+        )
     with pytest.raises(EngineError, match=r"pip install 'shelf-stream\[gpu\]'"):
         create_detector(EngineConfig(model_path=yolox_model_path, backend="tensorrt"))
     with caplog.at_level(logging.INFO, logger="shelf_stream.engine"):

@@ -118,3 +118,90 @@ def test_scheduler_answers_every_offered_frame_once() -> None:
     answered = [pts for pts, _ in done] + superseded
     assert sorted(answered) == sorted(list(range(0, 20, 2)) + list(range(1, 21, 2)))
     assert all(reason is None for _, reason in done)
+
+
+# ------------------------------------------------------------------ fairness
+
+
+def _simulate(
+    periods_s: dict[int, float], *, infer_s: float, max_batch_size: int, duration_s: float
+) -> tuple[dict[int, int], dict[int, int], int]:
+    """Drive ``SchedulerPolicy`` with a fake clock the way ``InferenceScheduler`` does:
+    offer every frame that arrived by ``now``, wait for the timer, take a batch, then
+    hold the detector busy for ``infer_s``. Returns (frames inferred per stream, frames
+    offered per stream, batches run)."""
+    policy = SchedulerPolicy(
+        max_batch_size=max_batch_size, max_batch_wait_s=0.002, max_frame_age_s=1.0
+    )
+    # Stagger the starts so that no two streams are in lock-step by accident.
+    next_at = {stream: 0.001 * stream for stream in periods_s}
+    offered = dict.fromkeys(periods_s, 0)
+    inferred = dict.fromkeys(periods_s, 0)
+    batches, now = 0, 0.0
+
+    def arrivals_until(t: float) -> None:
+        # In time order across streams, as the decoders would hand them over.
+        while (stream := min(next_at, key=next_at.__getitem__)) and next_at[stream] <= t:
+            at = next_at[stream]
+            policy.offer(frame(stream, offered[stream], received=at, decoded=at))
+            offered[stream] += 1
+            next_at[stream] += periods_s[stream]
+
+    while now < duration_s:
+        arrivals_until(now)
+        due = policy.get_timer()
+        if due is None or due > now:
+            # Idle: jump to the next arrival or the batch timer, whichever is first.
+            now = min([*next_at.values(), *([due] if due is not None else [])])
+            continue
+        batch = policy.take_batch(now)
+        assert not batch.too_old, "the detector keeps up: nothing should age out"
+        for f in batch.frames:
+            inferred[f.stream_id] += 1
+        batches += 1
+        now += infer_s
+    return inferred, offered, batches
+
+
+def _max_min_shares(demand: dict[int, int], capacity: int) -> dict[int, float]:
+    """Max-min fair shares: streams wanting less than an equal split get all they
+    want; the rest is split evenly among the others (water filling)."""
+    shares: dict[int, float] = {}
+    left, remaining = dict(demand), float(capacity)
+    while left:
+        equal = remaining / len(left)
+        small = {s: d for s, d in left.items() if d <= equal}
+        if not small:
+            shares.update(dict.fromkeys(left, equal))
+            break
+        for stream, wanted in small.items():
+            shares[stream] = wanted
+            remaining -= wanted
+            del left[stream]
+    return shares
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 2])
+@pytest.mark.parametrize(
+    "fps",
+    [(100, 30, 10), (100, 30, 30), (60, 30, 30)],
+    ids=["100-30-10", "100-30-30", "60-30-30"],
+)
+def test_no_stream_is_starved_whatever_its_rate(
+    fps: tuple[int, int, int], max_batch_size: int
+) -> None:
+    """Three streams at different rates share a detector that runs ~33 batches/s for
+    60 s of fake time. Each stream gets at least 75 % of its max-min fair share
+    (offering more frames buys no more than the others' share). Before the
+    least-recently-served rule, (60, 30, 30) gave the third stream 0 of its 1800
+    frames: its frames always arrived just after the second's."""
+    periods = {stream: 1 / rate for stream, rate in enumerate(fps, start=1)}
+    inferred, offered, batches = _simulate(
+        periods, infer_s=0.030, max_batch_size=max_batch_size, duration_s=60.0
+    )
+    served = sum(inferred.values())
+    assert served >= 0.95 * min(sum(offered.values()), batches * max_batch_size)
+    shares = _max_min_shares(offered, served)
+    for stream, share in shares.items():
+        assert inferred[stream] >= 0.75 * share, (stream, inferred, offered, shares)
+    assert all(inferred[s] <= offered[s] for s in offered)
