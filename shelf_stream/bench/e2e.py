@@ -303,11 +303,12 @@ def format_schedule_report(figures: dict[str, Any], png: Path) -> str:
         lines.append(
             f"  at {change['at_s']:>5g} s  {change['link']:<28} floor {change['floor_ms']} ms, "
             f"p95 (from +2 s) {change['latency_p95_ms']} ms, "
-            f"within floor+100 ms after {change['settled_within_100ms_of_floor_after_s']} s, "
+            f"p95 within floor+100 ms after {change['back_within_100ms_of_floor_after_s']} s "
+            f"(for good after {change['settled_within_100ms_of_floor_after_s']} s), "
             f"utilisation {change['utilisation']}"
             + (
-                f", back to 70 % of {change['target_before_kbps']} kbit/s after "
-                f"{change['recovered_to_70pct_after_s']} s"
+                f", target back to 70 % of the pre-drop {change['target_before_drop_kbps']} "
+                f"kbit/s after {change['recovered_to_70pct_after_s']} s"
                 if "recovered_to_70pct_after_s" in change
                 else ""
             )

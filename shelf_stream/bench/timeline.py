@@ -69,14 +69,16 @@ def analyse(run: Run) -> dict[str, Any]:
             "floor_ms": round(floor, 1),
             "latency_p95_ms": _p(_window(latencies, at + 2, until), 95),
         }
-        change["settled_within_100ms_of_floor_after_s"] = _settling_time(
-            _rolling_p95(latencies, at, until), at, floor + 100.0
-        )
+        p95 = _rolling_p95(latencies, at, until)
+        change["back_within_100ms_of_floor_after_s"] = _first_time(p95, at, floor + 100.0)
+        change["settled_within_100ms_of_floor_after_s"] = _settling_time(p95, at, floor + 100.0)
         change["utilisation"] = _utilisation(run.throughput, link, at + 2, until)
-        if index > 0:
-            before = _window(run.targets, max(0.0, at - 3), at)
+        drop = _last_drop_before(run.schedule, index)
+        if drop is not None:
+            # Recovery is measured against the level before the link got slower.
+            before = _window(run.targets, max(0.0, drop - 3), drop)
             level = float(np.mean(before)) if before else None
-            change["target_before_kbps"] = round(level, 1) if level else None
+            change["target_before_drop_kbps"] = round(level, 1) if level else None
             change["recovered_to_70pct_after_s"] = _reach_time(run.targets, at, until, level)
         changes.append(change)
     server_age = [r.decode_ms + r.queue_ms for _, r in run.records if r.status == "result"]
@@ -91,6 +93,24 @@ def analyse(run: Run) -> dict[str, Any]:
 
 def _p(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def _last_drop_before(schedule: Sequence[tuple[float, LinkConfig]], index: int) -> float | None:
+    """When the link last got slower, if change ``index`` makes it faster again."""
+    if index == 0 or schedule[index][1].mbit_per_s <= schedule[index - 1][1].mbit_per_s:
+        return None
+    for earlier in range(index - 1, 0, -1):
+        if schedule[earlier][1].mbit_per_s < schedule[earlier - 1][1].mbit_per_s:
+            return schedule[earlier][0]
+    return None
+
+
+def _first_time(p95: list[tuple[float, float]], start: float, limit: float) -> float | None:
+    """Time from ``start`` until the rolling p95 is first under ``limit``."""
+    for t, value in p95:
+        if value <= limit:
+            return round(t - start, 2)
+    return None
 
 
 def _settling_time(p95: list[tuple[float, float]], start: float, limit: float) -> float | None:

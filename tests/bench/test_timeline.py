@@ -54,9 +54,12 @@ def test_analysis_finds_settling_recovery_and_utilisation(tmp_path: Path) -> Non
     assert drop["floor_ms"] == pytest.approx(75.0)
     # The 1 s rolling p95 is under floor + 100 ms once the 400 ms frames leave the window.
     assert drop["settled_within_100ms_of_floor_after_s"] == pytest.approx(2.5, abs=0.15)
+    assert drop["back_within_100ms_of_floor_after_s"] == pytest.approx(2.5, abs=0.15)
     assert drop["utilisation"] == pytest.approx(0.9)
-    assert recovery["target_before_kbps"] == pytest.approx(1500.0)
-    assert recovery["recovered_to_70pct_after_s"] == pytest.approx(0.0)
+    assert "recovered_to_70pct_after_s" not in drop, "recovery is only asked after a rise"
+    # Against the 4000 kbit/s before the drop: 3500 at 23 s is the first >= 2800.
+    assert recovery["target_before_drop_kbps"] == pytest.approx(4000.0)
+    assert recovery["recovered_to_70pct_after_s"] == pytest.approx(3.0, abs=0.2)
     assert figures["too_old_drops"] == 1
     assert figures["max_server_age_at_inference_ms"] == pytest.approx(32.0)
     png = plot(_run(), tmp_path / "timeline.png", "test")
