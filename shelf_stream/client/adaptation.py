@@ -54,6 +54,10 @@ class RetargetPolicy:
     min_change: float = 0.1  # relative bitrate change
     min_down_interval_s: float = 0.5
     min_up_interval_s: float = 2.0
+    # A smaller change still passes once the encoder has kept its target this long, so
+    # the stream reaches a target that sits just above it (e.g. at the rung's ceiling).
+    settle_s: float = 5.0
+    min_settled_change: float = 0.03
 
 
 class Retarget:
@@ -89,7 +93,9 @@ class Retarget:
         if _rung(target) != _rung(current):
             return True  # the controller already holds rung changes for seconds
         change = target.bitrate_kbps / current.bitrate_kbps - 1
-        if abs(change) < self.policy.min_change:
+        settled = now - self._last_switch >= self.policy.settle_s
+        needed = self.policy.min_settled_change if settled else self.policy.min_change
+        if abs(change) < needed:
             return False
         interval = self.policy.min_down_interval_s if change < 0 else self.policy.min_up_interval_s
         return now - self._last_switch >= interval

@@ -621,8 +621,11 @@ class StreamClient:
         if self._controller is None or self._retarget is None:
             return
         self._controller.on_feedback(feedback.arrivals, now)
-        target = self._controller.poll(now)
-        if target is None or not self._retarget.offer(target, now):
+        self._controller.poll(now)  # advances the controller's own change bookkeeping
+        # Offer the current target every time, not only when it changed: one the encoder
+        # could not take yet (too soon after a switch) must get through later.
+        target = self._controller.target(now)
+        if not self._retarget.offer(target, now):
             return
         log.info(
             "adapting: %d kbit/s, %dx%d @ %.3g fps",

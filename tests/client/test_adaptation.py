@@ -12,12 +12,12 @@ def target(kbps: float, width: int = 640, height: int = 480, fps: float = 30.0) 
 
 def test_small_changes_are_ignored_and_decreases_pass_quickly() -> None:
     retarget = Retarget(target(1000), now=0.0)
-    assert not retarget.offer(target(950), now=5.0)  # 5 %: not worth a keyframe
-    assert retarget.offer(target(800), now=5.0)
+    assert not retarget.offer(target(950), now=4.0)  # 5 %: not worth a keyframe
+    assert retarget.offer(target(800), now=4.0)
     assert retarget.take() == target(800)
     assert retarget.take() is None, "taken once"
-    assert not retarget.offer(target(600), now=5.2)  # within 0.5 s of the last switch
-    assert retarget.offer(target(600), now=5.6)
+    assert not retarget.offer(target(600), now=4.2)  # within 0.5 s of the last switch
+    assert retarget.offer(target(600), now=4.6)
 
 
 def test_increases_wait_longer_than_decreases() -> None:
@@ -32,3 +32,10 @@ def test_rung_changes_always_pass() -> None:
     retarget = Retarget(target(1000), now=0.0)
     assert retarget.offer(target(1000, 640, 360, 15.0), now=0.1)
     assert retarget.current == target(1000, 640, 360, 15.0)
+
+
+def test_a_small_change_passes_once_the_encoder_has_settled() -> None:
+    retarget = Retarget(target(1388), now=0.0)
+    assert not retarget.offer(target(1500), now=3.0)  # +8 %: not yet worth a keyframe
+    assert retarget.offer(target(1500), now=5.5)  # ...but after 5 s at 1388 it is
+    assert not retarget.offer(target(1520), now=11.0)  # +1.3 %: never
