@@ -108,7 +108,6 @@ class Session:
             config.max_messages_per_s, 2 * config.max_messages_per_s, clock()
         )
         self._proto = p.ServerConnection(config.limits)
-        self._hello: p.Hello | None = None
         self._decode_queue: asyncio.Queue[_Arrival | None] = asyncio.Queue(
             config.decode_queue_packets
         )
@@ -158,8 +157,6 @@ class Session:
 
     async def _serve(self) -> None:
         hello = await self._handshake()
-        if hello is None:
-            return
         log.info(
             "stream %d from %s: %s %dx%d @ %.3g fps (%s)",
             self.id, self.peer, hello.codec, hello.width, hello.height, hello.fps,
@@ -192,7 +189,7 @@ class Session:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
 
-    async def _handshake(self) -> p.Hello | None:
+    async def _handshake(self) -> p.Hello:
         try:
             message = await asyncio.wait_for(self.ws.recv(), self.config.hello_timeout_s)
         except TimeoutError:
@@ -209,7 +206,6 @@ class Session:
             )
         hello = events[0]
         self._check_token(hello)
-        self._hello = hello
         try:
             self._decoder = RecoveringDecoder(
                 hello.codec, make_decoder_factory(hello.codec, self.config.decoder)
