@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from shelf_stream.engine.adapters import ModelAdapter, Shape, select_adapter
-from shelf_stream.engine.base import Detections, EngineConfig, PreparedImage
+from shelf_stream.engine.base import Detections, Detector, EngineConfig, Image, PreparedImage
 from shelf_stream.engine.coco import COCO_CLASSES
 from shelf_stream.engine.postprocess import postprocess
-from shelf_stream.engine.preprocess import LetterboxSpec
+from shelf_stream.engine.preprocess import LetterboxSpec, letterbox
 from shelf_stream.errors import ConfigError, EngineError
 
 
@@ -84,6 +84,32 @@ class ModelLayout:
     input_size: tuple[int, int]  # (width, height)
     letterbox: LetterboxSpec
     class_names: tuple[str, ...]
+
+
+class LayoutDetector(Detector):
+    """A detector whose model is described by a ``ModelLayout`` (every backend here):
+    input size, class names and letterbox come from it, and so does ``prepare``."""
+
+    _layout: ModelLayout
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._layout.input_size
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._layout.class_names
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        return self._layout.adapter
+
+    @property
+    def letterbox_spec(self) -> LetterboxSpec:
+        return self._layout.letterbox
+
+    def prepare(self, image: Image) -> PreparedImage:
+        return letterbox(image, self._layout.letterbox)
 
 
 def model_layout(

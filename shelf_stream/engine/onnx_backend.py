@@ -10,10 +10,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from shelf_stream.engine.adapters import ModelAdapter
-from shelf_stream.engine.base import Detections, Detector, EngineConfig, Image, PreparedImage
-from shelf_stream.engine.common import chunks, decode_output, model_layout, stack_batch
-from shelf_stream.engine.preprocess import LetterboxSpec, letterbox
+from shelf_stream.engine.base import Detections, EngineConfig, PreparedImage
+from shelf_stream.engine.common import (
+    LayoutDetector,
+    chunks,
+    decode_output,
+    model_layout,
+    stack_batch,
+)
 from shelf_stream.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -37,7 +41,7 @@ def choose_providers(prefer_cuda: bool) -> list[str]:
     return [CPU_PROVIDER]
 
 
-class OnnxRuntimeDetector(Detector):
+class OnnxRuntimeDetector(LayoutDetector):
     """Runs a YOLOX or Ultralytics detection model with onnxruntime.
 
     ``prefer_cuda`` puts the CUDA provider first when this onnxruntime build has it.
@@ -82,30 +86,11 @@ class OnnxRuntimeDetector(Detector):
         return self._path.stem
 
     @property
-    def input_size(self) -> tuple[int, int]:
-        return self._layout.input_size
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._layout.class_names
-
-    @property
-    def adapter(self) -> ModelAdapter:
-        return self._layout.adapter
-
-    @property
-    def letterbox_spec(self) -> LetterboxSpec:
-        return self._layout.letterbox
-
-    @property
     def providers(self) -> tuple[str, ...]:
         """The execution providers the session actually uses, best first."""
         return tuple(self._live_session().get_providers())
 
     # ------------------------------------------------------------------ running
-
-    def prepare(self, image: Image) -> PreparedImage:
-        return letterbox(image, self._layout.letterbox)
 
     def infer(self, batch: Sequence[PreparedImage]) -> list[Detections]:
         results: list[Detections] = []

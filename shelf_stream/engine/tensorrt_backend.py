@@ -29,6 +29,7 @@ import numpy as np
 from shelf_stream.engine import trt_build
 from shelf_stream.engine.base import Detections, Detector, EngineConfig, Image, PreparedImage
 from shelf_stream.engine.common import (
+    LayoutDetector,
     ModelLayout,
     chunks,
     decode_output,
@@ -48,7 +49,6 @@ from shelf_stream.engine.cuda_mem import (
     load_cudart,
 )
 from shelf_stream.engine.models import default_cache_dir
-from shelf_stream.engine.preprocess import LetterboxSpec, letterbox
 from shelf_stream.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class _IOBuffers:
             buffer.close()
 
 
-class TensorRTDetector(Detector):
+class TensorRTDetector(LayoutDetector):
     """Runs a YOLOX or Ultralytics detector as a TensorRT engine.
 
     ``trt`` and ``cudart`` default to the real modules (imported here, lazily); tests
@@ -210,18 +210,6 @@ class TensorRTDetector(Detector):
         return self._source.stem
 
     @property
-    def input_size(self) -> tuple[int, int]:
-        return self._layout.input_size
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._layout.class_names
-
-    @property
-    def letterbox_spec(self) -> LetterboxSpec:
-        return self._layout.letterbox
-
-    @property
     def device(self) -> DeviceInfo:
         return self._device
 
@@ -234,9 +222,6 @@ class TensorRTDetector(Detector):
         return self._batch_min, self._batch_max
 
     # ------------------------------------------------------------------- running
-
-    def prepare(self, image: Image) -> PreparedImage:
-        return letterbox(image, self._layout.letterbox)
 
     def infer(self, batch: Sequence[PreparedImage]) -> list[Detections]:
         self._live_context()  # before touching buffers that close() has freed

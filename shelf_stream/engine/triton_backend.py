@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from shelf_stream.engine.base import Detections, Detector, EngineConfig, Image, PreparedImage
+from shelf_stream.engine.base import Detections, EngineConfig, PreparedImage
 from shelf_stream.engine.common import (
+    LayoutDetector,
     ModelLayout,
     chunks,
     decode_output,
@@ -46,7 +47,6 @@ from shelf_stream.engine.common import (
     normalise_shape,
     stack_batch,
 )
-from shelf_stream.engine.preprocess import LetterboxSpec, letterbox
 from shelf_stream.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def _client_module() -> Any:
     return grpcclient
 
 
-class TritonDetector(Detector):
+class TritonDetector(LayoutDetector):
     """Runs a YOLOX or Ultralytics model served by Triton (KServe V2 gRPC protocol)."""
 
     def __init__(self, config: EngineConfig, *, client: Any | None = None) -> None:
@@ -173,25 +173,10 @@ class TritonDetector(Detector):
         return self._model
 
     @property
-    def input_size(self) -> tuple[int, int]:
-        return self._layout.input_size
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._layout.class_names
-
-    @property
-    def letterbox_spec(self) -> LetterboxSpec:
-        return self._layout.letterbox
-
-    @property
     def model_info(self) -> TritonModelInfo:
         return self._info
 
     # ------------------------------------------------------------------ running
-
-    def prepare(self, image: Image) -> PreparedImage:
-        return letterbox(image, self._layout.letterbox)
 
     def infer(self, batch: Sequence[PreparedImage]) -> list[Detections]:
         results: list[Detections] = []
