@@ -26,6 +26,7 @@ from typing import Any
 from shelf_stream.bench.link import LinkConfig, LinkRelay, parse_link, parse_schedule, run_schedule
 from shelf_stream.bench.loopback import free_port, start_server
 from shelf_stream.bench.timeline import Run, analyse, plot
+from shelf_stream.cli import parse_size
 from shelf_stream.client.app import ClientConfig, StreamClient
 from shelf_stream.client.matcher import FrameRecord
 from shelf_stream.client.sources import SourceSpec
@@ -55,7 +56,9 @@ def add_e2e_parser(subparsers: Any) -> None:
         type=parse_link,
         help=f"RTT_MS:MBITPS[:JITTER_MS] (repeat for a sweep; default {DEFAULT_LINK})",
     )
-    parser.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
+    parser.add_argument(
+        "--size", type=parse_size, default=(640, 480), help="frame size WxH (default 640x480)"
+    )
     parser.add_argument("--fps", type=float, default=30.0, help="offered frame rate (default 30)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per contender")
     parser.add_argument("--input", type=Path, help="a video file (default: the demo scene)")
@@ -78,7 +81,7 @@ def add_e2e_parser(subparsers: Any) -> None:
 def run_e2e_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.link_schedule:
         return run_scheduled_bench(args)
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = args.size
     links: list[LinkConfig] = args.link or [parse_link(DEFAULT_LINK)]
     contenders = [BASELINE, Contender("hevc", "hevc", None, args.bitrate)]
     port = free_port()
@@ -233,7 +236,7 @@ def _fmt(value: Any) -> str:
 
 def run_scheduled_bench(args: argparse.Namespace) -> dict[str, Any]:
     """One H.265 run while the link follows ``--link-schedule``; figures and a PNG."""
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = args.size
     schedule: list[tuple[float, LinkConfig]] = args.link_schedule
     duration = max(args.duration, schedule[-1][0] + 10.0)
     contender = Contender("hevc", "hevc", None, args.bitrate)

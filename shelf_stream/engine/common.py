@@ -7,7 +7,7 @@ is shared so that ONNX Runtime and TensorRT give the same detections on the same
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,25 @@ class LayoutDetector(Detector):
     input size, class names and letterbox come from it, and so does ``prepare``."""
 
     _layout: ModelLayout
+    _config: EngineConfig
+
+    def _infer_in_chunks(
+        self,
+        batch: Sequence[PreparedImage],
+        chunk_size: int,
+        run: Callable[[Sequence[PreparedImage]], np.ndarray],
+    ) -> list[Detections]:
+        """Run ``batch`` in chunks the model accepts (``run`` returns one output row per
+        image, padded rows last) and decode each image's output."""
+        results: list[Detections] = []
+        for chunk in chunks(batch, chunk_size):
+            outputs = run(chunk)
+            # strict=False: a padded fixed-size batch has more outputs than images.
+            results.extend(
+                decode_output(self._layout, self._config, out, prepared)
+                for out, prepared in zip(outputs, chunk, strict=False)
+            )
+        return results
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -13,8 +13,6 @@ import onnxruntime as ort
 from shelf_stream.engine.base import Detections, EngineConfig, PreparedImage
 from shelf_stream.engine.common import (
     LayoutDetector,
-    chunks,
-    decode_output,
     model_layout,
     stack_batch,
 )
@@ -93,15 +91,7 @@ class OnnxRuntimeDetector(LayoutDetector):
     # ------------------------------------------------------------------ running
 
     def infer(self, batch: Sequence[PreparedImage]) -> list[Detections]:
-        results: list[Detections] = []
-        for chunk in chunks(batch, self._fixed_batch or len(batch)):
-            outputs = self._run(chunk)
-            # strict=False: a padded fixed-size batch has more outputs than images.
-            results.extend(
-                decode_output(self._layout, self._config, out, prepared)
-                for out, prepared in zip(outputs, chunk, strict=False)
-            )
-        return results
+        return self._infer_in_chunks(batch, self._fixed_batch or len(batch), self._run)
 
     def close(self) -> None:
         self._session = None

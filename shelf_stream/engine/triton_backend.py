@@ -41,8 +41,6 @@ from shelf_stream.engine.base import Detections, EngineConfig, PreparedImage
 from shelf_stream.engine.common import (
     LayoutDetector,
     ModelLayout,
-    chunks,
-    decode_output,
     model_layout,
     normalise_shape,
     stack_batch,
@@ -179,15 +177,7 @@ class TritonDetector(LayoutDetector):
     # ------------------------------------------------------------------ running
 
     def infer(self, batch: Sequence[PreparedImage]) -> list[Detections]:
-        results: list[Detections] = []
-        for chunk in chunks(batch, self._info.chunk_size):
-            outputs = self._run(chunk)
-            # strict=False: a padded fixed-size batch has more outputs than images.
-            results.extend(
-                decode_output(self._layout, self._config, out, prepared)
-                for out, prepared in zip(outputs, chunk, strict=False)
-            )
-        return results
+        return self._infer_in_chunks(batch, self._info.chunk_size, self._run)
 
     def close(self) -> None:
         shm, self._shm = getattr(self, "_shm", None), None
