@@ -77,6 +77,18 @@ def run_with_server(detector: Detector, scenario, **config) -> object:  # type: 
     return asyncio.run(main())
 
 
+def _corrupted(access_unit: bytes) -> bytes:
+    """The access unit with its slice NAL's forbidden_zero_bit set and its payload cut.
+
+    Always detected (by the NAL check, before decoding): a plain truncation is missed by
+    FFmpeg's HEVC decoder for a few percent of access units, which made this flaky.
+    """
+    start = access_unit.index(b"\x00\x00\x01") + 3
+    damaged = bytearray(access_unit[: len(access_unit) // 2])
+    damaged[start] |= 0x80
+    return bytes(damaged)
+
+
 def test_corrupt_access_unit_drops_frames_until_the_requested_keyframe(detector: Detector) -> None:
     units = encoded_clip(40, keyframe_at=(20,))
     corrupt = 5
@@ -87,7 +99,7 @@ def test_corrupt_access_unit_drops_frames_until_the_requested_keyframe(detector:
         assert isinstance(await _hello(ws, proto), p.Ready)
         for seq, (pts, key, data) in enumerate(units):
             if seq == corrupt:
-                data = data[: len(data) // 2]  # a truncated access unit
+                data = _corrupted(data)
             await ws.send(proto.send(p.Video(seq, pts, seq, key, data)))
             await asyncio.sleep(0.002)
         await ws.send(proto.send(p.Bye()))
@@ -98,7 +110,7 @@ def test_corrupt_access_unit_drops_frames_until_the_requested_keyframe(detector:
     assert sorted(answers) == [pts for pts, _, _ in units], "every pts answered exactly once"
     assert len([e for e in events if isinstance(e, p.Result | p.Dropped)]) == len(units)
     bad = answers[units[corrupt][0]]
-    assert isinstance(bad, p.Dropped) and bad.reason == p.DropReason.DECODE_ERROR
+    assert isinstance(bad, p.Dropped) and bad.reason == p.DropReason.INVALID
     assert any(isinstance(e, p.KeyframeRequest) for e in events)
     for pts, _, _ in units[corrupt + 1 : 20]:
         answer = answers[pts]
