@@ -44,6 +44,7 @@ class Contender:
 
 # The seed: fixed JPEG quality, no probe, no adaptation, the next frame after the answer.
 BASELINE = Contender("baseline", "jpeg_zlib", 1, None)
+_CODEC_NAMES = {"hevc": "H.265", "h264": "H.264"}
 
 
 def add_e2e_parser(subparsers: Any) -> None:
@@ -75,6 +76,13 @@ def add_e2e_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--out", type=Path, default=Path("bench-out/e2e"), help="where the timeline PNG goes"
+    )
+    parser.add_argument(
+        "--codec",
+        choices=sorted(_CODEC_NAMES),
+        default="hevc",
+        help="the stream's codec for --link-schedule (default hevc; h264 where the machine "
+        "cannot encode H.265 at the size and rate in real time)",
     )
 
 
@@ -235,16 +243,18 @@ def _fmt(value: Any) -> str:
 
 
 def run_scheduled_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """One H.265 run while the link follows ``--link-schedule``; figures and a PNG."""
+    """One run (``--codec``) while the link follows ``--link-schedule``; figures and a PNG."""
     width, height = args.size
     schedule: list[tuple[float, LinkConfig]] = args.link_schedule
     duration = max(args.duration, schedule[-1][0] + 10.0)
-    contender = Contender("hevc", "hevc", None, args.bitrate)
+    codec = getattr(args, "codec", "hevc")
+    name = _CODEC_NAMES[codec]
+    contender = Contender(codec, codec, None, args.bitrate)
     config = replace(_client_config(args, contender, width, height), duration_s=duration)
     port = free_port()
     server = start_server(port, args.model)
     try:
-        _progress(f"H.265 for {duration:g} s over the schedule {_describe(schedule)}")
+        _progress(f"{name} for {duration:g} s over the schedule {_describe(schedule)}")
         run, summary = asyncio.run(_run_with_schedule(port, schedule, config, duration))
     finally:
         server.terminate()
@@ -254,10 +264,17 @@ def run_scheduled_bench(args: argparse.Namespace) -> dict[str, Any]:
     png = plot(
         run,
         args.out / "timeline.png",
-        f"H.265 {width}x{height}@{args.fps:g}: " + _describe(schedule),
+        f"{name} {width}x{height}@{args.fps:g}: " + _describe(schedule),
     )
-    report = {"summary": {"schedule": figures, "stream": summary, "timeline_png": str(png)}}
-    print(format_schedule_report(figures, png))
+    report = {
+        "summary": {
+            "codec": codec,
+            "schedule": figures,
+            "stream": summary,
+            "timeline_png": str(png),
+        }
+    }
+    print(format_schedule_report(figures, png, name))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
@@ -285,6 +302,11 @@ async def _run_with_schedule(
         finally:
             changes.cancel()
         throughput = relay.uplink.throughput_series()
+    # Controller snapshots every 200 ms, for the JSON report (the PNG plots the targets).
+    summary["adaptation_timeline"] = [
+        {k: v for k, v in e.items() if k != "at"} | {"t": round(e["at"] - start, 3)}
+        for e in client.timeline
+    ]
     compute = sum(summary[k] or 0.0 for k in ("encode_ms_mean", "decode_ms_mean", "infer_ms_mean"))
     run = Run(
         schedule=schedule,
@@ -300,8 +322,8 @@ async def _run_with_schedule(
     return run, summary
 
 
-def format_schedule_report(figures: dict[str, Any], png: Path) -> str:
-    lines = ["", "link schedule, H.265 with probe and adaptive bitrate:"]
+def format_schedule_report(figures: dict[str, Any], png: Path, codec_name: str = "H.265") -> str:
+    lines = ["", f"link schedule, {codec_name} with probe and adaptive bitrate:"]
     for change in figures["changes"]:
         lines.append(
             f"  at {change['at_s']:>5g} s  {change['link']:<28} floor {change['floor_ms']} ms, "

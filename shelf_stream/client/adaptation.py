@@ -52,8 +52,10 @@ class RetargetPolicy:
     """When a new target from the controller is worth an encoder switch."""
 
     min_change: float = 0.1  # relative bitrate change
-    min_down_interval_s: float = 0.5
-    min_up_interval_s: float = 2.0
+    min_down_interval_s: float = 0.25
+    # Short enough to resume soon after a drained queue, long enough that the rate
+    # controller has seen the last switch's effect (an RTT plus a feedback period).
+    min_up_interval_s: float = 1.0
     # A smaller change still passes once the encoder has kept its target this long, so
     # the stream reaches a target that sits just above it (e.g. at the rung's ceiling).
     settle_s: float = 5.0
@@ -101,5 +103,5 @@ class Retarget:
         return now - self._last_switch >= interval
 
 
-def _rung(target: Target) -> tuple[int, int, float]:
-    return target.width, target.height, target.fps
+def _rung(target: Target) -> tuple[int, int, float, float | None]:
+    return target.width, target.height, target.fps, target.encode_fps

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from shelf_stream import protocol as p
 from shelf_stream.client.adaptation import Retarget, run_probe
 from shelf_stream.client.capture import CapturedFrame, CaptureThread, LatestSlot
 from shelf_stream.client.controller import RateControlConfig, RateController, Target
+from shelf_stream.client.encode_rate import EncodeRate, EncodeRateConfig
 from shelf_stream.client.ladder import Rung, default_ladder
 from shelf_stream.client.matcher import FrameRecord, ResultMatcher
 from shelf_stream.client.probe import BandwidthProbe, ProbeConfig, ProbeResult, choose_start
@@ -68,7 +69,9 @@ class ClientConfig:
     bitrate_kbps: int | None = None  # None: the probe's pick (1500 without a probe)
     max_bitrate_kbps: int = 8000
     jpeg_quality: int = 95  # codec jpeg_zlib only (the seed baseline)
-    keyframe_interval_s: float = 2.0
+    # A safety net only: the server asks for a keyframe after any loss or decode error,
+    # and every keyframe costs two to five frames' worth of link time.
+    keyframe_interval_s: float = 10.0
     keyframe_min_interval_s: float = 0.5  # honour server requests at most this often
     preset: str | None = None
     token: str | None = None
@@ -90,8 +93,10 @@ class ClientConfig:
     status: bool = True
     # Measure RTT and throughput before streaming and start from what the link holds.
     probe: bool = True
-    # Follow the server's arrival feedback: bitrate, then frame rate, then size.
+    # Follow the server's arrival feedback: bitrate, then frame rate, then size; and open
+    # the encoder for the frame rate it really reaches on this machine (``encode_rate``).
     adapt: bool = True
+    encode_rate: EncodeRateConfig = field(default_factory=EncodeRateConfig)
     # After a lost connection (not the first connect): retry with exponential backoff
     # and jitter, resume with a keyframe; pts keep counting on the capture clock.
     reconnect: bool = True
@@ -164,6 +169,7 @@ class StreamClient:
         self._stop_requested = False
         self._controller: RateController | None = None
         self._retarget: Retarget | None = None
+        self._encode_rate: EncodeRate | None = None
         self._ladder: tuple[Rung, ...] = ()
         self._started_at = time.monotonic()
         self._last_keyframe_forced = -1e9
@@ -250,7 +256,7 @@ class StreamClient:
             encoder=cfg.encoder,
             width=target.width,
             height=target.height,
-            fps=target.fps,
+            fps=target.encode_fps or target.fps,
             bitrate_kbps=round(target.bitrate_kbps),
             keyframe_interval_s=cfg.keyframe_interval_s,
             preset=cfg.preset,
@@ -267,6 +273,8 @@ class StreamClient:
             rtt_ms=(self.probe_result.rtt_ms if self.probe_result else None) or 100.0,
         )
         self._controller = RateController(control, start=start, now=now, ladder=self._ladder)
+        if self._encode_rate is None:  # survives reconnects: the machine did not get faster
+            self._encode_rate = EncodeRate(self.config.encode_rate, now=now)
 
     # ---------------------------------------------------------------- connection
 
@@ -566,6 +574,9 @@ class StreamClient:
         self.stats.on_sent(now, len(encoded.data), encoded.keyframe)
         if self._controller is not None:
             self._controller.on_sent(self._seq, len(message), now)
+        if self._encode_rate is not None:
+            self._encode_rate.on_encoded(now)
+            self._check_encode_rate(now)
         self._seq += 1
         await ws.send(message)
 
@@ -624,7 +635,31 @@ class StreamClient:
         self._controller.poll(now)  # advances the controller's own change bookkeeping
         # Offer the current target every time, not only when it changed: one the encoder
         # could not take yet (too soon after a switch) must get through later.
+        self._offer_target(now)
+
+    def _check_encode_rate(self, now: float) -> None:
+        assert self._encode_rate is not None and self._retarget is not None
+        change = self._encode_rate.poll(now, self._retarget.current.fps)
+        if change is None:
+            return
+        if change.fps is None:
+            log.info("the encoder keeps up with the capture rate again")
+        else:
+            log.info(
+                "the encoder reaches %.3g of %.3g fps on this machine: its rate control "
+                "now budgets for %g fps",
+                change.measured_fps, self._retarget.current.fps, change.fps,
+            )  # fmt: skip
+        self._offer_target(now)
+
+    def _offer_target(self, now: float) -> None:
+        """Hand the controller's target to the encoder, at the frame rate it reaches."""
+        if self._controller is None or self._retarget is None:
+            return
         target = self._controller.target(now)
+        reached = self._encode_rate.fps if self._encode_rate is not None else None
+        if reached is not None and reached < target.fps:
+            target = replace(target, encode_fps=reached)
         if not self._retarget.offer(target, now):
             return
         log.info(
@@ -658,6 +693,7 @@ class StreamClient:
                 entry.update(
                     target_kbps=round(current.bitrate_kbps),
                     fps=current.fps,
+                    encode_fps=current.encode_fps,
                     width=current.width,
                     height=current.height,
                 )

@@ -77,8 +77,10 @@ class CaptureThread(threading.Thread):
     For files and generated sources the thread paces itself: each frame is published at
     its due time, one frame interval after the previous one; if reading fell behind,
     the missed ticks are skipped (their pts never exist) instead of catching up in a
-    burst. For live cameras the device sets the pace. Either way the pts is the due (or
-    capture) time on the stream's clock, so ``set_fps`` can change the rate mid-stream.
+    burst. For live cameras the device sets the pace, and frames that come before the
+    stream's next tick are dropped (a 30 fps camera streamed at 15). Either way the pts is
+    the due (or capture) time on the stream's clock, so ``set_fps`` can change the rate
+    mid-stream.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class CaptureThread(threading.Thread):
         self._stop_event = threading.Event()
         self.frames_captured = 0
         self.ticks_missed = 0
+        self.frames_decimated = 0  # live sources faster than ``fps``
         self.error: BaseException | None = None
 
     def stop(self) -> None:
@@ -123,6 +126,7 @@ class CaptureThread(threading.Thread):
 
     def _capture(self) -> None:
         start = due = self._clock()
+        live_due: float | None = None  # live sources: when the next frame is wanted
         while not self._stop_event.is_set():
             if self.max_frames is not None and self.frames_captured >= self.max_frames:
                 return
@@ -133,6 +137,16 @@ class CaptureThread(threading.Thread):
                 return  # end of a finite source
             if self.source.live:
                 now = self._clock()
+                if live_due is not None and self._decimate(live_due, now):
+                    continue
+                interval = 1 / self.fps
+                # Ticks accumulate (a 30 fps camera at 20 gives 20), but never run more
+                # than half an interval behind a slower camera.
+                live_due = (
+                    now + interval
+                    if live_due is None
+                    else max(live_due + interval, now + interval / 2)
+                )
                 self._publish(CapturedFrame(frame, round((now - start) / TIME_BASE), now))
                 continue
             due = self._skip_missed_ticks(due, self._clock())
@@ -140,6 +154,18 @@ class CaptureThread(threading.Thread):
                 return
             self._publish(CapturedFrame(frame, round((due - start) / TIME_BASE), self._clock()))
             due += 1 / self.fps
+
+    def _decimate(self, due: float, now: float) -> bool:
+        """A camera faster than the stream's rate: drop frames that come before their tick.
+
+        The encoder budgets its bitrate per frame at the stream's rate, so every extra frame
+        would add bits the rate controller never asked for. A fifth of an interval of slack
+        absorbs the camera's jitter.
+        """
+        if now >= due - 0.2 / self.fps:
+            return False
+        self.frames_decimated += 1
+        return True
 
     def _skip_missed_ticks(self, due: float, now: float) -> float:
         """If ``due`` is more than an interval past, move it to the latest tick."""

@@ -64,8 +64,10 @@ class RateControlConfig:
     max_rate_over_received: float = 1.5
     rtt_ms: float = 100.0  # from the probe; only used for the additive step
     # Receive rate: bytes that arrived over this window of server time (at least
-    # ``rate_window_frames`` frame intervals). Short, so that a drop in capacity shows fast.
-    rate_window_s: float = 0.25
+    # ``rate_window_frames`` frame intervals). Short, so that a drop in capacity shows fast;
+    # not shorter, since whole frames (and keyframes) arrive in bunches: over 250 ms it
+    # read 2.1-3.1 Mbit/s on a 2 Mbit/s link.
+    rate_window_s: float = 0.5
     rate_window_frames: int = 4
     # §5.2: packets sent within this of a group's first form one group.
     burst_time_ms: float = 5.0
@@ -92,7 +94,7 @@ class RateControlConfig:
     base_delay_window_s: float = 10.0
     standing_window_s: float = 0.1
     queue_delay_threshold_ms: float = 100.0
-    drain_time_s: float = 1.0
+    drain_time_s: float = 0.5
     min_drain_factor: float = 0.15
     # No Feedback for this long while frames are outstanding: halve the rate.
     stall_timeout_s: float = 1.0
@@ -131,12 +133,17 @@ class TargetLike(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What the encoder should produce."""
+    """What the encoder should produce.
+
+    ``fps`` is the capture rate; ``encode_fps`` (when set) the lower rate the encoder
+    really reaches, which its rate control must budget for (see ``encode_rate``).
+    """
 
     bitrate_kbps: float
     fps: float
     width: int
     height: int
+    encode_fps: float | None = None
 
 
 class Usage(enum.Enum):
@@ -387,6 +394,29 @@ class ReceiveRate:
 # ------------------------------------------------------------------------------ rate control
 
 
+class DeliveryRate:
+    """Bytes over the span of their arrivals (the first packet's bytes excluded), kbit/s."""
+
+    MIN_SPAN_S = 0.2
+
+    def __init__(self) -> None:
+        self._first: float | None = None
+        self._last = 0.0
+        self._bytes = 0
+
+    def add(self, arrival_s: float, size: int) -> None:
+        if self._first is None:
+            self._first = self._last = arrival_s
+            return
+        self._last = max(self._last, arrival_s)
+        self._bytes += size
+
+    def kbps(self) -> float | None:
+        if self._first is None or self._last - self._first < self.MIN_SPAN_S:
+            return None
+        return self._bytes * 8 / (self._last - self._first) / 1000
+
+
 class LinkCapacity:
     """§5.5's "average max bitrate": an EWMA of the receive rate at over-use, with its
     variance, in kbit/s (as WebRTC's LinkCapacityEstimator, normalised by the estimate)."""
@@ -614,10 +644,12 @@ class RateController:
         self._rate = ReceiveRate(max(1.0, config.rate_window_s))
         self._sent: dict[int, _SentPacket] = {}
         self._last_seq = -1
+        self._arrival_origin_us: int | None = None
         self._last_update: float | None = None
         self._last_feedback: float | None = None
         self._stall_checked = now
         self._drain_ceiling = self.aimd.kbps
+        self._drain_rate = DeliveryRate()
         self._published = self._make_target()
         self._published_at = now
 
@@ -636,7 +668,11 @@ class RateController:
                 continue  # duplicate or stale
             packet = self._sent.pop(seq, None)
             if packet is not None:
-                self._on_packet(packet, arrival_us / 1e6)
+                # Server times count from its first report, in exact integer µs: the
+                # arithmetic is then the same whatever the server clock reads.
+                if self._arrival_origin_us is None:
+                    self._arrival_origin_us = arrival_us
+                self._on_packet(packet, (arrival_us - self._arrival_origin_us) / 1e6)
             self._last_seq = seq
         # In-order transport: anything older than the newest report is never reported.
         for seq in [s for s in self._sent if s <= self._last_seq]:
@@ -695,6 +731,8 @@ class RateController:
 
     def _on_packet(self, packet: _SentPacket, arrival_s: float) -> None:
         self._rate.add(arrival_s, packet.size)
+        if self.aimd.state is RateState.DRAIN:
+            self._drain_rate.add(arrival_s, packet.size)
         self._queue.add(packet.send_s, arrival_s)
         delta = self._groups.add(packet.send_s, arrival_s)
         if delta is not None:
@@ -712,9 +750,12 @@ class RateController:
         if received is not None and queue_ms > self.config.queue_delay_threshold_ms:
             if not draining:
                 self._drain_ceiling = self.aimd.kbps
-            self.aimd.drain(received, queue_ms, now)
+                self._drain_rate = DeliveryRate()
+            # While the queue drains the link is never idle: what arrived since the drain
+            # began is its capacity, steadier than any short window.
+            self.aimd.drain(self._drain_rate.kbps() or received, queue_ms, now)
         elif draining:
-            self.aimd.end_drain(received, self._drain_ceiling)
+            self.aimd.end_drain(self._drain_rate.kbps() or received, self._drain_ceiling)
         else:
             self.aimd.update(self.detector.usage, received, now, dt)
         self._tick(now)

@@ -16,15 +16,15 @@ def test_small_changes_are_ignored_and_decreases_pass_quickly() -> None:
     assert retarget.offer(target(800), now=4.0)
     assert retarget.take() == target(800)
     assert retarget.take() is None, "taken once"
-    assert not retarget.offer(target(600), now=4.2)  # within 0.5 s of the last switch
-    assert retarget.offer(target(600), now=4.6)
+    assert not retarget.offer(target(600), now=4.2)  # within 0.25 s of the last switch
+    assert retarget.offer(target(600), now=4.3)
 
 
 def test_increases_wait_longer_than_decreases() -> None:
     retarget = Retarget(target(1000), now=0.0)
     assert retarget.offer(target(700), now=1.0)
-    assert not retarget.offer(target(900), now=2.0)  # up: at most every 2 s
-    assert retarget.offer(target(900), now=3.1)
+    assert not retarget.offer(target(900), now=1.5)  # up: at most every second
+    assert retarget.offer(target(900), now=2.1)
     assert retarget.switches == 2
 
 
@@ -39,3 +39,11 @@ def test_a_small_change_passes_once_the_encoder_has_settled() -> None:
     assert not retarget.offer(target(1500), now=3.0)  # +8 %: not yet worth a keyframe
     assert retarget.offer(target(1500), now=5.5)  # ...but after 5 s at 1388 it is
     assert not retarget.offer(target(1520), now=11.0)  # +1.3 %: never
+
+
+def test_a_new_encoding_rate_is_a_switch() -> None:
+    retarget = Retarget(target(1000), now=0.0)
+    slower = Target(1000, 30.0, 640, 480, encode_fps=14.0)
+    assert retarget.offer(slower, now=0.1), "the encoder must re-open for the rate it reaches"
+    assert retarget.take() == slower
+    assert not retarget.offer(slower, now=5.0)

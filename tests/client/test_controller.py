@@ -12,6 +12,7 @@ import pytest
 
 from shelf_stream.bench.link import LinkConfig
 from shelf_stream.client.controller import (
+    DeliveryRate,
     InterGroupDelay,
     LinkCapacity,
     OveruseDetector,
@@ -283,3 +284,15 @@ def test_link_capacity_bounds() -> None:
     assert capacity.lower() < 2000 < capacity.upper()
     capacity.reset()
     assert capacity.upper() == float("inf")
+
+
+def test_delivery_rate_counts_bytes_over_their_arrival_span() -> None:
+    rate = DeliveryRate()
+    assert rate.kbps() is None
+    for i in range(11):  # 10 kB every 40 ms after the first: 2 Mbit/s
+        rate.add(5.0 + i * 0.04, 10_000)
+    assert rate.kbps() == pytest.approx(2000.0)
+    short = DeliveryRate()
+    short.add(0.0, 10_000)
+    short.add(0.1, 10_000)
+    assert short.kbps() is None, "too short a span to mean anything"
