@@ -573,7 +573,7 @@ class StreamClient:
         )
         self.stats.on_sent(now, len(encoded.data), encoded.keyframe)
         if self._controller is not None:
-            self._controller.on_sent(self._seq, len(message), now)
+            self._controller.on_sent(self._seq, len(message), now, keyframe=encoded.keyframe)
         if self._encode_rate is not None:
             self._encode_rate.on_encoded(now)
             self._check_encode_rate(now)

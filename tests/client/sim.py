@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from shelf_stream import protocol as p
 from shelf_stream.bench.link import LinkConfig, LinkModel, LinkStats
+from shelf_stream.client.adaptation import Retarget
 from shelf_stream.client.controller import RateControlConfig, RateController, Target
 from shelf_stream.client.ladder import Rung
 from shelf_stream.client.probe import PROBE_OVERHEAD_BYTES, BandwidthProbe, ProbeConfig
@@ -256,11 +257,15 @@ def run_stream(
     keyframe_interval_s: float = 2.0,
     keyframe_factor: float = 3.0,
     server_offset_s: float = SERVER_OFFSET_S,
+    retarget: bool = True,
 ) -> StreamRun:
     """Stream for ``duration_s`` over a link that follows ``schedule`` [(t, link), ...].
 
     Crude encoder: a frame is target_kbps / 8 / fps kB, a keyframe ``keyframe_factor`` times
-    that, every ``keyframe_interval_s`` and after each change of size or fps.
+    that, every ``keyframe_interval_s`` and after each encoder switch. With ``retarget``
+    (as the client does) targets reach the encoder through ``adaptation.Retarget``, and every
+    switch re-opens the encoder (a keyframe, as with libx265); without it every target
+    ``poll`` publishes is applied, with a keyframe only on a change of size or fps.
     """
     clock = Clock()
     config = config or RateControlConfig()
@@ -269,6 +274,7 @@ def run_stream(
     run = StreamRun(controller, uplink)
     run.published.append((0.0, start))
     encoder = _Encoder(start)
+    switches = Retarget(start, 0.0) if retarget else None
     arrivals: list[tuple[int, int]] = []
     seqs = itertools.count()
 
@@ -287,10 +293,14 @@ def run_stream(
     def frame_tick() -> None:
         now = clock.now
         new = controller.poll(now)
+        if switches is not None:
+            wanted = controller.target(now)
+            new = wanted if switches.offer(wanted, now) else None
         if new is not None:
             old = encoder.target
-            if (new.width, new.height, new.fps) != (old.width, old.height, old.fps):
-                encoder.last_key = -math.inf  # a new size or rate starts with a keyframe
+            rung_changed = (new.width, new.height, new.fps) != (old.width, old.height, old.fps)
+            if switches is not None or rung_changed:
+                encoder.last_key = -math.inf  # a new encoder starts with a keyframe
             encoder.target = new
             run.published.append((now, new))
         target = encoder.target
@@ -311,7 +321,7 @@ def run_stream(
         run.frames.append(
             FrameLog(seq, now, size, keyframe, link.bytes_per_s, link.one_way_delay_s)
         )
-        controller.on_sent(seq, size, now)
+        controller.on_sent(seq, size, now, keyframe=keyframe)
         uplink.send(seq, size)
 
     def sample() -> None:
