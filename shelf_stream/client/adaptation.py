@@ -5,7 +5,11 @@
   Each encoder switch costs a keyframe (libx265 cannot change its rate in place through
   FFmpeg), so the policy here keeps switches rare: decreases pass at once (a queue is
   building), increases at most every ``min_up_interval_s``, and changes under
-  ``min_change`` are ignored. The policy is sans-I/O (``now`` passed in).
+  ``min_change`` wait. Meanwhile a target below the encoder's rate is met by encoding
+  fewer frames (``frame_share``): the encoder's rate control budgets bits per frame, so
+  95 % of the frames carry 95 % of the bits, at once and without a keyframe. The policy
+  is sans-I/O (``now`` passed in).
+- ``FrameThinner``: the encoder thread's side of ``frame_share``.
 """
 
 from __future__ import annotations
@@ -71,14 +75,25 @@ class Retarget:
         self.switches = 0
         self._last_switch = now
         self._pending: Target | None = None
+        self._share = 1.0
         self._lock = threading.Lock()
+
+    @property
+    def frame_share(self) -> float:
+        """Share of the frames to encode (1: all): the target over the encoder's rate."""
+        with self._lock:
+            return self._share
 
     def offer(self, target: Target, now: float) -> bool:
         """Consider ``target``; True if the encoder will switch to it."""
         if not self._worth_switching(target, now):
+            share = min(1.0, target.bitrate_kbps / self.current.bitrate_kbps)
+            with self._lock:
+                self._share = share
             return False
         with self._lock:
             self._pending = target
+            self._share = 1.0
         self.current = target
         self._last_switch = now
         self.switches += 1
@@ -101,6 +116,24 @@ class Retarget:
             return False
         interval = self.policy.min_down_interval_s if change < 0 else self.policy.min_up_interval_s
         return now - self._last_switch >= interval
+
+
+class FrameThinner:
+    """Encoder thread: which frames to encode for a ``frame_share`` below 1.
+
+    Credit accrues by the share per frame offered and a frame is encoded when a whole one
+    has accrued, so frames are left out evenly (0.75: three of every four), never in runs.
+    """
+
+    def __init__(self) -> None:
+        self._credit = 0.0  # stays below 1 between calls
+
+    def admit(self, share: float) -> bool:
+        self._credit += min(max(share, 0.0), 1.0)
+        if self._credit >= 1.0 - 1e-9:
+            self._credit -= 1.0
+            return True
+        return False
 
 
 def _rung(target: Target) -> tuple[int, int, float, float | None]:

@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from shelf_stream import __version__
 from shelf_stream import protocol as p
-from shelf_stream.client.adaptation import Retarget, run_probe
+from shelf_stream.client.adaptation import FrameThinner, Retarget, run_probe
 from shelf_stream.client.capture import CapturedFrame, CaptureThread, LatestSlot
 from shelf_stream.client.controller import RateControlConfig, RateController, Target
 from shelf_stream.client.encode_rate import EncodeRate, EncodeRateConfig
@@ -487,6 +487,7 @@ class StreamClient:
         """Encoder thread: owns the encoder; slot → access unit → send queue."""
         told_sender = False
         encoder: Encoder | None = None
+        thinner = FrameThinner()
         try:
             encoder = get_encoder(config)
             while not stop.is_set():
@@ -503,6 +504,13 @@ class StreamClient:
                     continue
                 encoder, config = self._maybe_switch_encoder(encoder, config)
                 keyframe = self._keyframe_wanted.is_set()
+                share = self._retarget.frame_share if self._retarget is not None else 1.0
+                if not keyframe and not thinner.admit(share):
+                    # Below the encoder's rate: fewer frames, each with its full budget.
+                    if self._in_flight is not None:
+                        self._in_flight.release()
+                    _call_soon(loop, self._on_skipped, captured)
+                    continue
                 self._keyframe_wanted.clear()
                 started = time.perf_counter()
                 encoded = encoder.encode(captured.frame, captured.pts, keyframe=keyframe)
@@ -575,7 +583,7 @@ class StreamClient:
         if self._controller is not None:
             self._controller.on_sent(self._seq, len(message), now, keyframe=encoded.keyframe)
         if self._encode_rate is not None:
-            self._encode_rate.on_encoded(now)
+            self._encode_rate.on_encoded(unit.encode_ms, now)
             self._check_encode_rate(now)
         self._seq += 1
         await ws.send(message)

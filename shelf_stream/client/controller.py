@@ -90,16 +90,21 @@ class RateControlConfig:
     threshold_gain_up: float = 0.0087
     threshold_gain_down: float = 0.039
     overuse_time_ms: float = 10.0
+    # Over-use is acted on only with at least this much standing queue (see ``_usage``).
+    overuse_min_queue_ms: float = 10.0
     # Queueing delay (TCP-robust signal).
     base_delay_window_s: float = 10.0
     standing_window_s: float = 0.1
     queue_delay_threshold_ms: float = 100.0
     drain_time_s: float = 0.5
     min_drain_factor: float = 0.15
-    # The rate stayed near or above the capacity estimate this long without over-use: the link
-    # got faster. Forget the estimate and ramp, instead of creeping up by one packet per
-    # response time (WebRTC probes the link for this; the stream here carries no padding).
+    # The rate stayed near or above the capacity estimate this long without over-use: the
+    # link got faster. Forget the estimate and ramp, instead of creeping up by one packet
+    # per response time (WebRTC probes the link for this; the stream here carries no
+    # padding).
     capacity_stale_s: float = 2.0
+    # Longest a keyframe hides the delay samples after it (see ``_keyframe_shadow_s``).
+    keyframe_shadow_max_s: float = 0.25
     # No Feedback for this long while frames are outstanding: halve the rate.
     stall_timeout_s: float = 1.0
     # Publishing targets (``poll``).
@@ -754,7 +759,9 @@ class RateController:
             self._drain_rate.add(arrival_s, packet.size)
         if packet.keyframe:
             self._blind_until = arrival_s + self._keyframe_shadow_s(packet.size)
-        if packet.keyframe or arrival_s <= self._blind_until:
+        # A drain needs every sample: it ends when the queue is seen gone.
+        shadowed = packet.keyframe or arrival_s <= self._blind_until
+        if shadowed and self.aimd.state is not RateState.DRAIN:
             return
         self._queue.add(packet.send_s, arrival_s)
         delta = self._groups.add(packet.send_s, arrival_s)
@@ -764,6 +771,15 @@ class RateController:
                 trend, self._trendline.samples, delta.send_delta_ms, delta.arrival_ms
             )
 
+    def _usage(self, queue_ms: float) -> Usage:
+        """The detector's verdict, except that a rising trend with no queue to show for it
+        (below ``overuse_min_queue_ms``) is noise: whole frames arriving in bunches tilt the
+        trendline too (measured: over-use at 0.2 ms of queue, the rate cut by 15 %)."""
+        usage = self.detector.usage
+        if usage is Usage.OVERUSE and queue_ms < self.config.overuse_min_queue_ms:
+            return Usage.NORMAL
+        return usage
+
     def _keyframe_shadow_s(self, size: int) -> float:
         """How long after a keyframe's arrival the delays still show it, at most.
 
@@ -772,11 +788,14 @@ class RateController:
         the frames queued behind it, would read as a rising queue (measured in simulation:
         over-use after every switch, the rate stuck at 55 % of a 10 Mbit/s link). So those
         samples are skipped; the frames behind it have cleared the queue once the keyframe's
-        bytes would have crossed at the receive rate (at most the link's rate: on the safe
-        side). A real queue still shows in the frames after.
+        bytes would have crossed the link (at the receive rate or the capacity estimate,
+        whichever is higher; never longer than ``keyframe_shadow_max_s``). A real queue
+        still shows in the frames after.
         """
-        received = self._received_kbps()
-        return size * 8 / (received * 1000) if received else 0.0
+        rates = [r for r in (self._received_kbps(), self.aimd.capacity.estimate) if r]
+        if not rates:
+            return 0.0
+        return min(size * 8 / (max(rates) * 1000), self.config.keyframe_shadow_max_s)
 
     def _update_rate(self, now: float) -> None:
         dt = 0.0 if self._last_update is None else min(now - self._last_update, 1.0)
@@ -794,7 +813,7 @@ class RateController:
         elif draining:
             self.aimd.end_drain(self._drain_rate.kbps() or received, self._drain_ceiling)
         else:
-            self.aimd.update(self.detector.usage, received, now, dt)
+            self.aimd.update(self._usage(queue_ms), received, now, dt)
         self._tick(now)
 
     def _received_kbps(self) -> float | None:

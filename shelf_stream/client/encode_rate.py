@@ -15,8 +15,12 @@ it reaches when that differs from the one it was opened with by more than ``tole
 over two windows in a row (the second measured afresh, so that it holds only the new
 regime, not a mix of the old and the new).
 
-Sans-I/O: ``on_encoded(now)`` per encoded frame, ``poll(now, capture_fps)`` returns a
-change (``None`` inside it: the encoder keeps up with the capture again).
+The rate it reaches is measured from the encode time per frame (1 / its mean), not by
+counting frames: when the link backs up, the encoder waits for the socket and encodes
+fewer frames, which says nothing about the machine.
+
+Sans-I/O: ``on_encoded(encode_ms, now)`` per encoded frame, ``poll(now, capture_fps)``
+returns a change (``None`` inside it: the encoder keeps up with the capture again).
 """
 
 from __future__ import annotations
@@ -61,22 +65,25 @@ class EncodeRate:
         self.config = config
         self.fps: float | None = None
         self.changes = 0
-        self._times: deque[float] = deque()
+        self._samples: deque[tuple[float, float]] = deque()  # (time, encode ms)
         self._changed_at = now
+        self._since = now  # start of the current measurement
         self._suspect = False  # the last full window differed: measuring a second one
 
-    def on_encoded(self, now: float) -> None:
-        self._times.append(now)
+    def on_encoded(self, encode_ms: float, now: float) -> None:
+        self._samples.append((now, encode_ms))
         horizon = now - self.config.window_s
-        while self._times and self._times[0] < horizon:
-            self._times.popleft()
+        while self._samples and self._samples[0][0] < horizon:
+            self._samples.popleft()
 
     def measured(self, now: float) -> float | None:
-        """Frames per second over a full window, else None."""
+        """Frames per second the encoder manages (1 / mean encode time) over a full
+        window, else None."""
         cfg = self.config
-        if len(self._times) < cfg.min_frames or now - self._times[0] < 0.9 * cfg.window_s:
+        if len(self._samples) < cfg.min_frames or now - self._since < 0.9 * cfg.window_s:
             return None
-        return (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-6)
+        mean_ms = sum(ms for _, ms in self._samples) / len(self._samples)
+        return 1000 / max(mean_ms, 1e-3)
 
     def poll(self, now: float, capture_fps: float) -> EncodeRateChange | None:
         cfg = self.config
@@ -103,5 +110,5 @@ class EncodeRate:
         return EncodeRateChange(wanted, round(measured, 2))
 
     def _restart(self, now: float) -> None:
-        self._times.clear()
-        self._times.append(now)
+        self._samples.clear()
+        self._since = now

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from shelf_stream import protocol as p
 from shelf_stream.bench.link import LinkConfig, LinkModel, LinkStats
-from shelf_stream.client.adaptation import Retarget
+from shelf_stream.client.adaptation import FrameThinner, Retarget
 from shelf_stream.client.controller import RateControlConfig, RateController, Target
 from shelf_stream.client.ladder import Rung
 from shelf_stream.client.probe import PROBE_OVERHEAD_BYTES, BandwidthProbe, ProbeConfig
@@ -206,6 +206,7 @@ class StreamRun:
     samples: list[tuple[float, Target]] = field(default_factory=list)  # every 100 ms
     published: list[tuple[float, Target]] = field(default_factory=list)
     skipped: int = 0
+    thinned: int = 0  # frames left out for a frame share below 1
 
     def target_at(self, t: float) -> Target:
         return max((s for s in self.samples if s[0] <= t), key=lambda s: s[0])[1]
@@ -275,6 +276,7 @@ def run_stream(
     run.published.append((0.0, start))
     encoder = _Encoder(start)
     switches = Retarget(start, 0.0) if retarget else None
+    thinner = FrameThinner()
     arrivals: list[tuple[int, int]] = []
     seqs = itertools.count()
 
@@ -304,7 +306,10 @@ def run_stream(
             encoder.target = new
             run.published.append((now, new))
         target = encoder.target
-        if uplink.writable:
+        share = switches.frame_share if switches is not None else 1.0
+        if not thinner.admit(share):
+            run.thinned += 1
+        elif uplink.writable:
             send_frame(target, now)
         else:
             run.skipped += 1

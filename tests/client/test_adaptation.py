@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from shelf_stream.client.adaptation import Retarget
+import math
+
+import pytest
+
+from shelf_stream.client.adaptation import FrameThinner, Retarget
 from shelf_stream.client.controller import Target
 
 
@@ -47,3 +51,25 @@ def test_a_new_encoding_rate_is_a_switch() -> None:
     assert retarget.offer(slower, now=0.1), "the encoder must re-open for the rate it reaches"
     assert retarget.take() == slower
     assert not retarget.offer(slower, now=5.0)
+
+
+def test_a_decrease_that_must_wait_is_met_by_thinning_frames() -> None:
+    retarget = Retarget(target(1000), now=0.0)
+    assert not retarget.offer(target(950), now=4.0)  # 5 %: not worth a keyframe...
+    assert retarget.frame_share == 0.95  # ...but 95 % of the frames carry 95 % of the bits
+    assert retarget.offer(target(800), now=4.0)
+    assert retarget.frame_share == 1.0, "a switch gives the frames back"
+    assert not retarget.offer(target(700), now=4.1)  # within 0.25 s of the last switch
+    assert retarget.frame_share == 700 / 800
+    assert not retarget.offer(target(1200), now=4.2)  # up: wait, never more than all frames
+    assert retarget.frame_share == 1.0
+
+
+@pytest.mark.parametrize(("share", "kept"), [(1.0, 120), (0.75, 90), (0.5, 60), (1 / 3, 40)])
+def test_thinner_keeps_the_share_evenly(share: float, kept: int) -> None:
+    thinner = FrameThinner()
+    admitted = [thinner.admit(share) for _ in range(120)]
+    assert sum(admitted) == kept
+    runs = "".join("x" if a else "." for a in admitted).split("x")
+    longest_gap = math.ceil(1 / share - 1e-9) - 1
+    assert max(len(r) for r in runs) <= longest_gap, "dropped evenly, never in a run"

@@ -8,11 +8,12 @@ from shelf_stream.client.encode_rate import EncodeRate, EncodeRateChange, Encode
 
 
 def _encode(rate: EncodeRate, fps: float, start: float, end: float) -> list[EncodeRateChange]:
-    """Frames encoded at ``fps`` from ``start`` to ``end``, polling after each (capture 30)."""
+    """An encoder flat out at ``fps`` from ``start`` to ``end``, polling after each frame
+    (capture at 30 fps)."""
     changes = []
     t = start
     while t < end:
-        rate.on_encoded(t)
+        rate.on_encoded(1000 / fps, t)
         change = rate.poll(t, capture_fps=30.0)
         if change is not None:
             changes.append(change)
@@ -63,6 +64,16 @@ def test_changes_are_rate_limited() -> None:
     second = _encode(rate, 20.0, 10.0, changed_at + 8.0 - 0.01)
     assert second == [], "not within min_interval_s of the last change"
     assert [c.fps for c in _encode(rate, 20.0, changed_at + 8.0, changed_at + 11.0)] == [20.0]
+
+
+def test_an_encoder_waiting_for_the_socket_is_not_slow() -> None:
+    rate = EncodeRate(EncodeRateConfig(), now=0.0)
+    t = 0.0
+    while t < 20.0:  # 10 ms per frame, but only 5 frames a second get out
+        rate.on_encoded(10.0, t)
+        assert rate.poll(t, capture_fps=30.0) is None
+        t += 0.2
+    assert rate.fps is None
 
 
 def test_config_is_validated() -> None:
