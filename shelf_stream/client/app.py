@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from shelf_stream import __version__
 from shelf_stream import protocol as p
 from shelf_stream.client.adaptation import FrameThinner, Retarget, run_probe
+from shelf_stream.client.bitrate_fit import BitrateFit
 from shelf_stream.client.capture import CapturedFrame, CaptureThread, LatestSlot
 from shelf_stream.client.controller import RateControlConfig, RateController, Target
 from shelf_stream.client.encode_rate import EncodeRate, EncodeRateConfig
@@ -125,6 +126,8 @@ class _Unit:
     encoded: EncodedFrame
     captured: CapturedFrame
     encode_ms: float
+    encoder_kbps: float  # what the encoder was opened with
+    encoder_fps: float
     scale: tuple[float, float]  # streamed frame → requested frame, for the boxes
 
 
@@ -170,6 +173,9 @@ class StreamClient:
         self._controller: RateController | None = None
         self._retarget: Retarget | None = None
         self._encode_rate: EncodeRate | None = None
+        # Written on the event loop, read by the encoder thread when it opens an encoder
+        # (one float attribute: the read is atomic).
+        self._bitrate_fit = BitrateFit()
         self._ladder: tuple[Rung, ...] = ()
         self._started_at = time.monotonic()
         self._last_keyframe_forced = -1e9
@@ -257,7 +263,9 @@ class StreamClient:
             width=target.width,
             height=target.height,
             fps=target.encode_fps or target.fps,
-            bitrate_kbps=round(target.bitrate_kbps),
+            bitrate_kbps=self._bitrate_fit.encoder_kbps(target.bitrate_kbps)
+            if self.config.adapt
+            else round(target.bitrate_kbps),
             keyframe_interval_s=cfg.keyframe_interval_s,
             preset=cfg.preset,
             jpeg_quality=cfg.jpeg_quality,
@@ -518,6 +526,8 @@ class StreamClient:
                     encoded,
                     captured,
                     (time.perf_counter() - started) * 1000,
+                    config.bitrate_kbps,
+                    config.fps,
                     scale=(geometry.width / config.width, geometry.height / config.height),
                 )
                 if not _put_blocking(send_queue, unit, loop, stop):
@@ -580,6 +590,7 @@ class StreamClient:
             payload=captured.frame if self.config.save_path else None,
         )
         self.stats.on_sent(now, len(encoded.data), encoded.keyframe)
+        self._bitrate_fit.on_encoded(len(encoded.data), unit.encoder_kbps, unit.encoder_fps, now)
         if self._controller is not None:
             self._controller.on_sent(self._seq, len(message), now, keyframe=encoded.keyframe)
         if self._encode_rate is not None:

@@ -95,7 +95,7 @@ class RateControlConfig:
     # Queueing delay (TCP-robust signal).
     base_delay_window_s: float = 10.0
     standing_window_s: float = 0.1
-    queue_delay_threshold_ms: float = 100.0
+    queue_delay_threshold_ms: float = 60.0
     drain_time_s: float = 0.5
     min_drain_factor: float = 0.15
     # The rate stayed near or above the capacity estimate this long without over-use: the

@@ -37,9 +37,9 @@ class EncodeRateConfig:
     min_frames: int = 8
     # Relative difference between the reached and the configured rate worth a re-open
     # (each costs a keyframe).
-    tolerance: float = 0.2
+    tolerance: float = 0.25
     # After a change: the new encoder's rate needs a full window to show.
-    min_interval_s: float = 3.0
+    min_interval_s: float = 10.0
     # Reaching this share of the capture rate counts as keeping up.
     keeps_up: float = 0.9
 

@@ -28,7 +28,7 @@ def test_an_encoder_keeping_up_is_left_alone() -> None:
 
 
 def test_a_slow_encoder_is_reopened_for_the_rate_it_reaches() -> None:
-    rate = EncodeRate(EncodeRateConfig(), now=0.0)
+    rate = EncodeRate(EncodeRateConfig(min_interval_s=3.0), now=0.0)
     changes = _encode(rate, 14.6, 0.0, 10.0)
     assert [c.fps for c in changes] == [15.0], "one change, to the measured rate"
     assert changes[0].measured_fps == pytest.approx(14.6, abs=0.1)
@@ -47,7 +47,7 @@ def test_it_takes_two_full_windows() -> None:
 
 
 def test_the_cap_is_lifted_when_the_encoder_catches_up() -> None:
-    rate = EncodeRate(EncodeRateConfig(), now=0.0)
+    rate = EncodeRate(EncodeRateConfig(min_interval_s=3.0), now=0.0)
     assert [c.fps for c in _encode(rate, 12.0, 0.0, 10.0)] == [12.0]
     changes = _encode(rate, 30.0, 10.0, 20.0)
     assert [c.fps for c in changes] == [None]
