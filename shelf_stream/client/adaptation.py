@@ -136,5 +136,5 @@ class FrameThinner:
         return False
 
 
-def _rung(target: Target) -> tuple[int, int, float, float | None]:
-    return target.width, target.height, target.fps, target.encode_fps
+def _rung(target: Target) -> tuple[int, int, float, float | None, bool]:
+    return target.width, target.height, target.fps, target.encode_fps, target.fast_preset

@@ -42,7 +42,7 @@ from shelf_stream.client.probe import BandwidthProbe, ProbeConfig, ProbeResult, 
 from shelf_stream.client.sinks import AnnotatedVideoSink, JsonlSink
 from shelf_stream.client.sources import FrameSource, SourceSpec, open_source
 from shelf_stream.client.stats import StreamStats
-from shelf_stream.codec import get_encoder
+from shelf_stream.codec import faster_preset, get_encoder
 from shelf_stream.codec.base import EncodedFrame, Encoder, EncoderConfig
 from shelf_stream.errors import ConfigError, RemoteProtocolError, ShelfStreamError
 
@@ -257,7 +257,7 @@ class StreamClient:
 
     def _encoder_config(self, target: Target) -> EncoderConfig:
         cfg = self.config
-        return EncoderConfig(
+        config = EncoderConfig(
             codec=cfg.codec,
             encoder=cfg.encoder,
             width=target.width,
@@ -270,6 +270,9 @@ class StreamClient:
             preset=cfg.preset,
             jpeg_quality=cfg.jpeg_quality,
         )
+        if target.fast_preset:
+            config = replace(config, preset=faster_preset(config))
+        return config
 
     def _start_adaptation(self, start: Target) -> None:
         now = time.monotonic()
@@ -282,7 +285,10 @@ class StreamClient:
         )
         self._controller = RateController(control, start=start, now=now, ladder=self._ladder)
         if self._encode_rate is None:  # survives reconnects: the machine did not get faster
-            self._encode_rate = EncodeRate(self.config.encode_rate, now=now)
+            can_go_faster = faster_preset(self._encoder_config(start)) is not None
+            self._encode_rate = EncodeRate(
+                self.config.encode_rate, now=now, can_go_faster=can_go_faster
+            )
 
     # ---------------------------------------------------------------- connection
 
@@ -661,7 +667,12 @@ class StreamClient:
         change = self._encode_rate.poll(now, self._retarget.current.fps)
         if change is None:
             return
-        if change.fps is None:
+        if change.faster and change.fps is None:
+            log.info(
+                "the encoder reaches %.3g of %.3g fps on this machine: switching to its "
+                "faster preset", change.measured_fps, self._retarget.current.fps,
+            )  # fmt: skip
+        elif change.fps is None:
             log.info("the encoder keeps up with the capture rate again")
         else:
             log.info(
@@ -676,9 +687,11 @@ class StreamClient:
         if self._controller is None or self._retarget is None:
             return
         target = self._controller.target(now)
-        reached = self._encode_rate.fps if self._encode_rate is not None else None
-        if reached is not None and reached < target.fps:
-            target = replace(target, encode_fps=reached)
+        rate = self._encode_rate
+        if rate is not None and rate.fps is not None and rate.fps < target.fps:
+            target = replace(target, encode_fps=rate.fps)
+        if rate is not None and rate.faster:
+            target = replace(target, fast_preset=True)
         if not self._retarget.offer(target, now):
             return
         log.info(
@@ -713,6 +726,7 @@ class StreamClient:
                     target_kbps=round(current.bitrate_kbps),
                     fps=current.fps,
                     encode_fps=current.encode_fps,
+                    fast_preset=current.fast_preset,
                     width=current.width,
                     height=current.height,
                 )

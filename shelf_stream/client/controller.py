@@ -145,7 +145,8 @@ class Target:
     """What the encoder should produce.
 
     ``fps`` is the capture rate; ``encode_fps`` (when set) the lower rate the encoder
-    really reaches, which its rate control must budget for (see ``encode_rate``).
+    really reaches, which its rate control must budget for, and ``fast_preset`` whether it
+    runs its faster preset (see ``encode_rate``).
     """
 
     bitrate_kbps: float
@@ -153,6 +154,7 @@ class Target:
     width: int
     height: int
     encode_fps: float | None = None
+    fast_preset: bool = False
 
 
 class Usage(enum.Enum):

@@ -19,8 +19,14 @@ The rate it reaches is measured from the encode time per frame (1 / its mean), n
 counting frames: when the link backs up, the encoder waits for the socket and encodes
 fewer frames, which says nothing about the machine.
 
+Before budgeting for fewer frames, an encoder with a faster real-time preset (libx265 and
+libx264: ultrafast instead of superfast, about 1.5x faster at 720p here, for about a third
+more bytes at equal quality) switches to it once, as WebRTC lowers an encoder's complexity
+under CPU load before its frame rate; it keeps it for the rest of the stream (the machine
+seldom gets faster, and every flip costs a keyframe).
+
 Sans-I/O: ``on_encoded(encode_ms, now)`` per encoded frame, ``poll(now, capture_fps)``
-returns a change (``None`` inside it: the encoder keeps up with the capture again).
+returns a change (``fps`` None: the encoder keeps up with the capture rate).
 """
 
 from __future__ import annotations
@@ -52,21 +58,27 @@ class EncodeRateConfig:
 
 @dataclass(frozen=True, slots=True)
 class EncodeRateChange:
-    """The rate control's new frame rate; ``fps`` None: the capture rate again."""
+    """The encoder's new settings: the rate its rate control budgets for (None: the capture
+    rate) and whether it runs its faster preset."""
 
     fps: float | None
     measured_fps: float
+    faster: bool = False
 
 
 class EncodeRate:
     """Measures encoded frames per second and decides when the encoder should follow."""
 
-    def __init__(self, config: EncodeRateConfig, *, now: float) -> None:
+    def __init__(
+        self, config: EncodeRateConfig, *, now: float, can_go_faster: bool = False
+    ) -> None:
         self.config = config
         self.fps: float | None = None
+        self.faster = False
         self.changes = 0
+        self._can_go_faster = can_go_faster
         self._samples: deque[tuple[float, float]] = deque()  # (time, encode ms)
-        self._changed_at = now
+        self._changed_at = now - config.min_interval_s  # the first change need not wait
         self._since = now  # start of the current measurement
         self._suspect = False  # the last full window differed: measuring a second one
 
@@ -90,9 +102,11 @@ class EncodeRate:
         measured = self.measured(now)
         if measured is None:
             return None
-        wanted = None if measured >= cfg.keeps_up * capture_fps else float(max(1, round(measured)))
+        faster, wanted = self._wanted(measured, capture_fps)
         current = self.fps or capture_fps
-        differs = abs((wanted or capture_fps) / current - 1) > cfg.tolerance
+        differs = (
+            faster != self.faster or abs((wanted or capture_fps) / current - 1) > cfg.tolerance
+        )
         if not differs:
             self._suspect = False
             return None
@@ -102,12 +116,20 @@ class EncodeRate:
             self._suspect = True
             self._restart(now)
             return None
-        self.fps = wanted
+        self.fps, self.faster = wanted, faster
         self.changes += 1
         self._changed_at = now
         self._suspect = False
         self._restart(now)
-        return EncodeRateChange(wanted, round(measured, 2))
+        return EncodeRateChange(wanted, round(measured, 2), faster)
+
+    def _wanted(self, measured: float, capture_fps: float) -> tuple[bool, float | None]:
+        """(faster preset, rate to budget for) for an encoder managing ``measured`` fps."""
+        if measured >= self.config.keeps_up * capture_fps:
+            return self.faster, None
+        if self._can_go_faster and not self.faster:
+            return True, None  # first a faster preset; measure again
+        return self.faster, float(max(1, round(measured)))
 
     def _restart(self, now: float) -> None:
         self._samples.clear()

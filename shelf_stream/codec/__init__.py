@@ -109,6 +109,23 @@ def _check_config(config: EncoderConfig) -> None:
         raise ConfigError("bad encoder settings: " + "; ".join(problems))
 
 
+def faster_preset(config: EncoderConfig) -> str | None:
+    """A faster real-time preset than ``config``'s, for an encoder that cannot keep up.
+
+    Only where this module picks the preset (``config.preset`` None) of an encoder it knows
+    (libx265, libx264); None otherwise, and for an unknown or unavailable encoder.
+    """
+    if config.preset is not None or config.codec == "jpeg_zlib":
+        return None
+    try:
+        name = _resolve_encoder_name(config)
+    except ConfigError:
+        return None
+    from shelf_stream.codec.pyav import FASTER_PRESETS
+
+    return FASTER_PRESETS.get(name)
+
+
 def get_encoder(config: EncoderConfig) -> Encoder:
     """An open encoder for ``config``; ``ConfigError`` for bad settings or names."""
     _check_codec_name(config.codec)

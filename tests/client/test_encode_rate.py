@@ -57,9 +57,8 @@ def test_the_cap_is_lifted_when_the_encoder_catches_up() -> None:
 def test_changes_are_rate_limited() -> None:
     config = EncodeRateConfig(window_s=1.0, min_interval_s=8.0)
     rate = EncodeRate(config, now=0.0)
-    assert _encode(rate, 10.0, 0.0, 7.9) == [], "the new encoder gets min_interval_s too"
-    first = _encode(rate, 10.0, 7.9, 10.0)
-    assert [c.fps for c in first] == [10.0]
+    first = _encode(rate, 10.0, 0.0, 3.0)
+    assert [c.fps for c in first] == [10.0], "the first change needs two windows only"
     changed_at = rate._changed_at
     second = _encode(rate, 20.0, 10.0, changed_at + 8.0 - 0.01)
     assert second == [], "not within min_interval_s of the last change"
@@ -81,3 +80,15 @@ def test_config_is_validated() -> None:
         EncodeRateConfig(tolerance=1.5)
     with pytest.raises(ValueError, match="min_frames"):
         EncodeRateConfig(min_frames=1)
+
+
+def test_a_faster_preset_comes_before_fewer_frames() -> None:
+    rate = EncodeRate(EncodeRateConfig(min_interval_s=3.0), now=0.0, can_go_faster=True)
+    changes = _encode(rate, 15.0, 0.0, 5.0)
+    assert [(c.faster, c.fps) for c in changes] == [(True, None)]
+    # Faster, but still short of 30 fps: now the rate control budgets for what it reaches.
+    changes = _encode(rate, 21.0, 5.0, 15.0)
+    assert [(c.faster, c.fps) for c in changes] == [(True, 21.0)]
+    # The faster preset stays, even once the encoder keeps up.
+    changes = _encode(rate, 30.0, 15.0, 25.0)
+    assert [(c.faster, c.fps) for c in changes] == [(True, None)]

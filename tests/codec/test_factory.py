@@ -99,3 +99,13 @@ def test_set_bitrate_rejects_nonpositive() -> None:
     enc = get_encoder(EncoderConfig(codec="h264", width=64, height=48))
     with pytest.raises(ConfigError, match="positive"):
         enc.set_bitrate(0)
+
+
+def test_faster_preset_only_where_the_module_picks_the_preset() -> None:
+    from shelf_stream.codec import faster_preset
+
+    assert faster_preset(EncoderConfig(codec="hevc")) == "ultrafast"
+    assert faster_preset(EncoderConfig(codec="h264")) == "ultrafast"
+    assert faster_preset(EncoderConfig(codec="hevc", preset="medium")) is None, "the user's"
+    assert faster_preset(EncoderConfig(codec="jpeg_zlib")) is None
+    assert faster_preset(EncoderConfig(codec="hevc", encoder="no_such_encoder")) is None
