@@ -64,6 +64,10 @@ class RetargetPolicy:
     # the stream reaches a target that sits just above it (e.g. at the rung's ceiling).
     settle_s: float = 5.0
     min_settled_change: float = 0.03
+    # A decrease switches only once the target has stayed down this long: until then (and
+    # for a dip that ends sooner) thinning the frames carries it, at once and without the
+    # keyframe a switch down and the switch back up would cost.
+    min_down_hold_s: float = 0.5
 
 
 class Retarget:
@@ -76,6 +80,7 @@ class Retarget:
         self._last_switch = now
         self._pending: Target | None = None
         self._share = 1.0
+        self._down_since: float | None = None
         self._lock = threading.Lock()
 
     @property
@@ -94,6 +99,7 @@ class Retarget:
         with self._lock:
             self._pending = target
             self._share = 1.0
+        self._down_since = None
         self.current = target
         self._last_switch = now
         self.switches += 1
@@ -109,13 +115,20 @@ class Retarget:
         current = self.current
         if _rung(target) != _rung(current):
             return True  # the controller already holds rung changes for seconds
+        policy = self.policy
         change = target.bitrate_kbps / current.bitrate_kbps - 1
-        settled = now - self._last_switch >= self.policy.settle_s
-        needed = self.policy.min_settled_change if settled else self.policy.min_change
+        settled = now - self._last_switch >= policy.settle_s
+        needed = policy.min_settled_change if settled else policy.min_change
+        if change > -needed:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = now
         if abs(change) < needed:
             return False
-        interval = self.policy.min_down_interval_s if change < 0 else self.policy.min_up_interval_s
-        return now - self._last_switch >= interval
+        if change < 0:
+            held = self._down_since is not None and now - self._down_since >= policy.min_down_hold_s
+            return held and now - self._last_switch >= policy.min_down_interval_s
+        return now - self._last_switch >= policy.min_up_interval_s
 
 
 class FrameThinner:

@@ -94,7 +94,7 @@ class RateControlConfig:
     overuse_min_queue_ms: float = 10.0
     # Queueing delay (TCP-robust signal).
     base_delay_window_s: float = 10.0
-    standing_window_s: float = 0.1
+    standing_window_s: float = 0.2
     queue_delay_threshold_ms: float = 60.0
     drain_time_s: float = 0.5
     min_drain_factor: float = 0.15

@@ -14,21 +14,33 @@ def target(kbps: float, width: int = 640, height: int = 480, fps: float = 30.0) 
     return Target(kbps, fps, width, height)
 
 
-def test_small_changes_are_ignored_and_decreases_pass_quickly() -> None:
+def test_small_changes_are_ignored_and_decreases_that_hold_pass() -> None:
     retarget = Retarget(target(1000), now=0.0)
     assert not retarget.offer(target(950), now=4.0)  # 5 %: not worth a keyframe
-    assert retarget.offer(target(800), now=4.0)
+    assert not retarget.offer(target(800), now=4.0)  # down: thinned until it holds...
+    assert retarget.offer(target(800), now=4.5)  # ...0.5 s
     assert retarget.take() == target(800)
     assert retarget.take() is None, "taken once"
-    assert not retarget.offer(target(600), now=4.2)  # within 0.25 s of the last switch
-    assert retarget.offer(target(600), now=4.3)
+    assert not retarget.offer(target(600), now=4.6)
+    assert retarget.offer(target(600), now=5.1)
 
 
-def test_increases_wait_longer_than_decreases() -> None:
+def test_a_dip_shorter_than_the_hold_never_switches() -> None:
     retarget = Retarget(target(1000), now=0.0)
-    assert retarget.offer(target(700), now=1.0)
-    assert not retarget.offer(target(900), now=1.5)  # up: at most every second
-    assert retarget.offer(target(900), now=2.1)
+    assert not retarget.offer(target(500), now=2.0)
+    assert retarget.frame_share == 0.5, "half the frames at once"
+    assert not retarget.offer(target(1000), now=2.3)
+    assert retarget.frame_share == 1.0
+    assert not retarget.offer(target(500), now=2.6), "the hold starts again"
+    assert retarget.switches == 0
+
+
+def test_increases_wait_a_second_after_a_switch() -> None:
+    retarget = Retarget(target(1000), now=0.0)
+    retarget.offer(target(700), now=1.0)
+    assert retarget.offer(target(700), now=1.5)
+    assert not retarget.offer(target(900), now=2.0)  # up: at most every second
+    assert retarget.offer(target(900), now=2.6)
     assert retarget.switches == 2
 
 
@@ -57,11 +69,11 @@ def test_a_decrease_that_must_wait_is_met_by_thinning_frames() -> None:
     retarget = Retarget(target(1000), now=0.0)
     assert not retarget.offer(target(950), now=4.0)  # 5 %: not worth a keyframe...
     assert retarget.frame_share == 0.95  # ...but 95 % of the frames carry 95 % of the bits
-    assert retarget.offer(target(800), now=4.0)
+    assert not retarget.offer(target(800), now=4.1)
+    assert retarget.frame_share == 0.8
+    assert retarget.offer(target(800), now=4.6)
     assert retarget.frame_share == 1.0, "a switch gives the frames back"
-    assert not retarget.offer(target(700), now=4.1)  # within 0.25 s of the last switch
-    assert retarget.frame_share == 700 / 800
-    assert not retarget.offer(target(1200), now=4.2)  # up: wait, never more than all frames
+    assert not retarget.offer(target(1200), now=4.7)  # up: wait, never more than all frames
     assert retarget.frame_share == 1.0
 
 
