@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import struct
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from shelf_stream.protocol import (
     DropReason,
     Error,
     ErrorCode,
+    Event,
     Hello,
     KeyframeReason,
     KeyframeRequest,
@@ -42,7 +44,8 @@ from shelf_stream.protocol import (
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-EVENT_TYPES = (Hello, Ready, Video, Result, Dropped, KeyframeRequest, Error, Bye)
+# Every event the protocol defines: fuzzing must find no other type.
+EVENT_TYPES = typing.get_args(Event)
 LIMITS = ServerLimits()
 CLASS_NAMES = ("person", "bottle", "can", "σκύλος")
 HELLO = Hello("hevc", 640, 480, 30.0)
