@@ -39,3 +39,26 @@ def test_tiny_run_reports_both_contenders(model_path: Path, tmp_path: Path) -> N
         assert block["floor_ms"] >= 20.0
     assert summary["baseline"]["bytes_per_frame"] > summary["hevc"]["bytes_per_frame"]
     assert summary["fps_ratio"] is not None and summary["latency_ratio_p50"] is not None
+
+
+@pytest.mark.timeout(120)
+def test_tiny_link_schedule_run_draws_its_timeline(model_path: Path, tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_e2e_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "schedule.json"
+    args = parser.parse_args(
+        ["e2e", "--link-schedule", "0:20:5,2:20:1", "--size", "320x240", "--fps", "10",
+         "--duration", "4", "--codec", "h264", "--model", str(model_path),
+         "--out", str(tmp_path), "--json", str(out)]
+    )  # fmt: skip
+    report = run_e2e_bench(args)
+    summary = report["summary"]
+    assert summary["codec"] == "h264"
+    assert Path(summary["timeline_png"]).stat().st_size > 10_000
+    changes = summary["schedule"]["changes"]
+    assert [c["at_s"] for c in changes] == [0.0, 2.0]
+    assert summary["schedule"]["results"] > 0
+    timeline = summary["stream"]["adaptation_timeline"]
+    assert timeline and all("controller" in entry for entry in timeline)
+    assert {"target_kbps", "fps", "encode_fps", "fast_preset"} <= set(timeline[-1])
+    assert json.loads(out.read_text())["summary"]["codec"] == "h264"
