@@ -66,8 +66,9 @@ def test_queue_stays_small_after_convergence(step_run: StreamRun) -> None:
 
 def test_drop_to_2_mbit_is_followed_within_2_s(step_run: StreamRun) -> None:
     assert _first(step_run, 10.0, lambda kbps: kbps <= 2000) < 12.0
-    # From then on the target hugs the 2 Mbit/s link (additive probing may touch it).
-    assert max(step_run.targets(12.0, 20.0)) <= 2000 * 1.05
+    # From then on the target hugs the 2 Mbit/s link; probing past it (an estimate held
+    # 2 s without over-use goes stale) overshoots a little, never far or for long.
+    assert max(step_run.targets(12.0, 20.0)) <= 2000 * 1.15
     assert max(step_run.queue_delays(12.0, 13.0)) < 100
     assert percentile(step_run.queue_delays(12.0, 20.0), 0.95) < 100
     assert step_run.skipped <= 5
