@@ -303,10 +303,7 @@ async def _run_with_schedule(
             changes.cancel()
         throughput = relay.uplink.throughput_series()
     # Controller snapshots every 200 ms, for the JSON report (the PNG plots the targets).
-    summary["adaptation_timeline"] = [
-        {k: v for k, v in e.items() if k != "at"} | {"t": round(e["at"] - start, 3)}
-        for e in client.timeline
-    ]
+    summary["adaptation_timeline"] = [_relative(entry, start) for entry in client.timeline]
     compute = sum(summary[k] or 0.0 for k in ("encode_ms_mean", "decode_ms_mean", "infer_ms_mean"))
     run = Run(
         schedule=schedule,
@@ -320,6 +317,16 @@ async def _run_with_schedule(
         duration_s=duration,
     )
     return run, summary
+
+
+def _relative(entry: dict[str, Any], start: float) -> dict[str, Any]:
+    """A client timeline entry with its times in seconds from the run's start."""
+    out = {k: v for k, v in entry.items() if k != "at"} | {"t": round(entry["at"] - start, 3)}
+    if "controller" in entry:
+        controller = dict(entry["controller"])
+        controller["t"] = round(controller["t"] - start, 3)
+        out["controller"] = controller
+    return out
 
 
 def format_schedule_report(figures: dict[str, Any], png: Path, codec_name: str = "H.265") -> str:

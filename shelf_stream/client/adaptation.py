@@ -3,8 +3,8 @@
 - ``run_probe``: drives a ``BandwidthProbe`` over the connection before streaming.
 - ``Retarget``: hands new encoder targets from the event loop to the encoder thread.
   Each encoder switch costs a keyframe (libx265 cannot change its rate in place through
-  FFmpeg), so the policy here keeps switches rare: decreases pass at once (a queue is
-  building), increases at most every ``min_up_interval_s``, and changes under
+  FFmpeg), so the policy here keeps switches rare: a decrease switches once it has held
+  ``min_down_hold_s``, increases at most every ``min_up_interval_s``, and changes under
   ``min_change`` wait. Meanwhile a target below the encoder's rate is met by encoding
   fewer frames (``frame_share``): the encoder's rate control budgets bits per frame, so
   95 % of the frames carry 95 % of the bits, at once and without a keyframe. The policy
@@ -92,7 +92,9 @@ class Retarget:
     def offer(self, target: Target, now: float) -> bool:
         """Consider ``target``; True if the encoder will switch to it."""
         if not self._worth_switching(target, now):
-            share = min(1.0, target.bitrate_kbps / self.current.bitrate_kbps)
+            share = target.bitrate_kbps / self.current.bitrate_kbps
+            if share > 1 - self.policy.min_settled_change:
+                share = 1.0  # a gap never worth a switch is not worth a stutter either
             with self._lock:
                 self._share = share
             return False

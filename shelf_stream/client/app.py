@@ -276,7 +276,8 @@ class StreamClient:
 
     def _start_adaptation(self, start: Target) -> None:
         now = time.monotonic()
-        self._retarget = Retarget(start, now)
+        if self._retarget is None:  # the encoder (and a switch it has yet to take) lives on
+            self._retarget = Retarget(start, now)
         if not self.config.adapt:
             return
         control = RateControlConfig(
@@ -505,12 +506,15 @@ class StreamClient:
         try:
             encoder = get_encoder(config)
             while not stop.is_set():
-                if self._in_flight is not None and not self._in_flight.acquire(timeout=0.1):
+                # The permit goes back to the semaphore it came from (a reconnect
+                # replaces ``_in_flight``).
+                in_flight = self._in_flight
+                if in_flight is not None and not in_flight.acquire(timeout=0.1):
                     continue  # stop-and-wait: the previous frame is not answered yet
                 captured = slot.get(timeout=0.1)
                 if captured is None:
-                    if self._in_flight is not None:
-                        self._in_flight.release()
+                    if in_flight is not None:
+                        in_flight.release()
                     if slot.closed:
                         # The source ended: every unit is queued, then the end marker.
                         told_sender = _put_blocking(send_queue, None, loop, stop)
@@ -521,8 +525,8 @@ class StreamClient:
                 share = self._retarget.frame_share if self._retarget is not None else 1.0
                 if not keyframe and not thinner.admit(share):
                     # Below the encoder's rate: fewer frames, each with its full budget.
-                    if self._in_flight is not None:
-                        self._in_flight.release()
+                    if in_flight is not None:
+                        in_flight.release()
                     _call_soon(loop, self._on_skipped, captured)
                     continue
                 self._keyframe_wanted.clear()

@@ -14,8 +14,9 @@ WebRTC's answer is its EncoderBitrateAdjuster; this is the same idea, sans-I/O:
   scales the bitrate it opens the encoder with.
 
 A scene that needs fewer bits than any budget (a still shelf) would drive the factor up
-without bringing the output to the target: the clamp bounds that, and the VBV (at the
-scaled rate) bounds what such a factor could cost when the scene starts to move.
+without bringing the output to the target, and the scaled rate is also the encoder's VBV
+cap: a window whose output stayed under ``min_output_share`` of its budget (the encoder
+was not short of bits, the scene was) teaches nothing, and the clamp bounds the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class BitrateFitConfig:
     max_factor: float = 1.3
     # Weight of the newest window's estimate against the running factor.
     smoothing: float = 0.5
+    # Output under this share of the budget: the scene needed no more bits (see above).
+    min_output_share: float = 0.7
 
     def __post_init__(self) -> None:
         if not 0 < self.min_factor <= 1 <= self.max_factor:
@@ -73,7 +76,7 @@ class BitrateFit:
             return
         produced = sum(bits for _, bits, _ in frames)
         budget = sum(budget for _, _, budget in frames)
-        if produced <= 0:
+        if produced < self.config.min_output_share * budget:
             return
         # The encoder gives produced / budget of whatever it is opened with: opening it at
         # target x budget / produced gives the target.

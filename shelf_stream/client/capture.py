@@ -162,6 +162,9 @@ class CaptureThread(threading.Thread):
         would add bits the rate controller never asked for. A fifth of an interval of slack
         absorbs the camera's jitter.
         """
+        camera_fps = self.source.fps
+        if camera_fps is not None and self.fps >= 0.9 * camera_fps:
+            return False  # not faster than the stream: jitter must not cost frames
         if now >= due - 0.2 / self.fps:
             return False
         self.frames_decimated += 1

@@ -484,6 +484,8 @@ class Aimd:
         self.state = _next_state(self.state, usage)
         if received is None:
             return
+        if self.state is not RateState.INCREASE:
+            self._at_capacity_since = None  # "held near capacity" means climbing all along
         if self.state is RateState.DECREASE:
             self._decrease(received, now)
         elif self.state is RateState.INCREASE:
@@ -507,6 +509,7 @@ class Aimd:
         self.state = RateState.HOLD
 
     def halve(self) -> None:
+        self._at_capacity_since = None
         self.kbps = self._clamp(self.kbps / 2)
         self.state = RateState.HOLD
 

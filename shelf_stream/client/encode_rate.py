@@ -84,8 +84,9 @@ class EncodeRate:
 
     def on_encoded(self, encode_ms: float, now: float) -> None:
         self._samples.append((now, encode_ms))
+        # The window, but never fewer than min_frames: an encoder at 3 fps is measured too.
         horizon = now - self.config.window_s
-        while self._samples and self._samples[0][0] < horizon:
+        while len(self._samples) > self.config.min_frames and self._samples[0][0] < horizon:
             self._samples.popleft()
 
     def measured(self, now: float) -> float | None:

@@ -40,8 +40,11 @@ def gop_size(config: EncoderConfig) -> int:
 #: output / target was 0.71-1.00 (median 0.80) over 640x480 and 1280x720, 10 and 30 fps,
 #: 600 and 2000 kbit/s, which leaves a link the rate controller measured a fifth empty.
 #: So its ABR aims this much higher while the VBV (``maxrate``) stays at the target: x265
-#: then runs in CBR mode ("max bitrate less than average bitrate, assuming CBR") and gave
-#: 0.87-1.05 over the same grid; a scene that needs fewer bits still gets fewer.
+#: then warns "max bitrate less than average bitrate, assuming CBR" (hidden by
+#: log-level=error) and runs its CBR mode, whose frame budgets still come from the ABR
+#: rate: 0.87-1.05 over the same grid (PyAV 18's libx265). This leans on how that x265
+#: build treats the clamp; ``tests/codec/test_pyav.py`` checks it holds. A scene that
+#: needs fewer bits still gets fewer.
 X265_ABR_HEADROOM = 1.2
 
 

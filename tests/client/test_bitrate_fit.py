@@ -31,9 +31,15 @@ def test_an_encoder_that_overshoots_is_opened_lower() -> None:
     assert fit.factor == pytest.approx(1 / 1.1, rel=0.02)
 
 
+def test_a_still_scene_teaches_nothing() -> None:
+    fit = BitrateFit()
+    _stream(fit, 1000, 0.2, 30.0)  # the scene needs no more bits: no factor would help
+    assert fit.factor == 1.0, "a raised factor would also raise the VBV cap"
+
+
 def test_the_factor_is_bounded() -> None:
     fit = BitrateFit(BitrateFitConfig(max_factor=1.3))
-    _stream(fit, 1000, 0.2, 30.0)  # a still scene: no factor brings it to the target
+    _stream(fit, 1000, 0.72, 30.0)
     assert fit.factor == 1.3
     fit = BitrateFit(BitrateFitConfig(min_factor=0.8))
     _stream(fit, 1000, 3.0, 30.0)

@@ -12,9 +12,12 @@ from shelf_stream.client.sources import FrameSource
 class _FakeCamera(FrameSource):
     """A live source on a fake clock: every read is one camera interval later."""
 
-    def __init__(self, clock: list[float], fps: float, frames: int) -> None:
+    def __init__(
+        self, clock: list[float], fps: float, frames: int, jitter_s: float = 0.002
+    ) -> None:
         self.width, self.height, self.fps, self.live = 64, 48, fps, True
         self._clock = clock
+        self._jitter_s = jitter_s
         self._left = frames
         self._frame = av.VideoFrame.from_ndarray(
             np.zeros((48, 64, 3), dtype=np.uint8), format="rgb24"
@@ -25,14 +28,16 @@ class _FakeCamera(FrameSource):
             return None
         self._left -= 1
         # A little jitter, as cameras have.
-        self._clock[0] += 1 / self.fps + (0.002 if self._left % 2 else -0.002)
+        self._clock[0] += 1 / self.fps + (self._jitter_s if self._left % 2 else -self._jitter_s)
         return self._frame
 
     def close(self) -> None:
         pass
 
 
-def _capture(camera_fps: float, stream_fps: float, frames: int) -> list[CapturedFrame]:
+def _capture(
+    camera_fps: float, stream_fps: float, frames: int, jitter_s: float = 0.002
+) -> list[CapturedFrame]:
     clock = [100.0]
     slot: LatestSlot[CapturedFrame] = LatestSlot()
     published: list[CapturedFrame] = []
@@ -44,7 +49,7 @@ def _capture(camera_fps: float, stream_fps: float, frames: int) -> list[Captured
 
     slot.put = put  # type: ignore[method-assign]
     thread = CaptureThread(
-        _FakeCamera(clock, camera_fps, frames),
+        _FakeCamera(clock, camera_fps, frames, jitter_s),
         slot,
         fps=stream_fps,
         on_skipped=lambda _: None,
@@ -74,3 +79,7 @@ def test_an_uneven_ratio_keeps_the_average_rate() -> None:
 
 def test_a_slower_camera_is_never_held_back() -> None:
     assert len(_capture(15.0, 30.0, 60)) == 60
+
+
+def test_a_jittery_camera_at_the_stream_rate_loses_nothing() -> None:
+    assert len(_capture(30.0, 30.0, 300, jitter_s=0.008)) == 300

@@ -68,11 +68,17 @@ def test_changes_are_rate_limited() -> None:
 def test_an_encoder_waiting_for_the_socket_is_not_slow() -> None:
     rate = EncodeRate(EncodeRateConfig(), now=0.0)
     t = 0.0
-    while t < 20.0:  # 10 ms per frame, but only 5 frames a second get out
+    while t < 20.0:  # 10 ms per frame, but only 3 frames a second get out
         rate.on_encoded(10.0, t)
         assert rate.poll(t, capture_fps=30.0) is None
-        t += 0.2
+        t += 1 / 3
+    assert rate.measured(t) == pytest.approx(100.0), "measured, and fast"
     assert rate.fps is None
+
+
+def test_a_very_slow_encoder_is_measured_too() -> None:
+    rate = EncodeRate(EncodeRateConfig(min_interval_s=3.0), now=0.0)
+    assert [c.fps for c in _encode(rate, 3.0, 0.0, 12.0)] == [3.0]
 
 
 def test_config_is_validated() -> None:
