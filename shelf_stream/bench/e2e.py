@@ -205,7 +205,7 @@ def _compare(link: LinkConfig, fps: float, results: dict[str, dict[str, Any]]) -
 def format_report(runs: list[dict[str, Any]]) -> str:
     rows = [
         ("achieved / offered fps", "fps", "offered_fps"),
-        ("frames skipped at capture", "frames_skipped", None),
+        ("frames never sent", "frames_skipped", None),
         ("latency p50 / p95 / p99 ms", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99"),
         ("bytes per frame", "bytes_per_frame", None),
         ("link utilisation", "link_utilisation", None),

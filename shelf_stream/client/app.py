@@ -527,7 +527,7 @@ class StreamClient:
                     # Below the encoder's rate: fewer frames, each with its full budget.
                     if in_flight is not None:
                         in_flight.release()
-                    _call_soon(loop, self._on_skipped, captured)
+                    _call_soon(loop, self._on_thinned, captured)
                     continue
                 self._keyframe_wanted.clear()
                 started = time.perf_counter()
@@ -707,6 +707,9 @@ class StreamClient:
 
     def _on_skipped(self, captured: CapturedFrame) -> None:
         self._emit(self.matcher.skipped(captured.pts, captured.captured_at))
+
+    def _on_thinned(self, captured: CapturedFrame) -> None:
+        self._emit(self.matcher.skipped(captured.pts, captured.captured_at, "thinned"))
 
     def _emit(self, record: FrameRecord) -> None:
         self.stats.on_record(time.monotonic(), record)

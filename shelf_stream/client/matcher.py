@@ -99,8 +99,11 @@ class ResultMatcher:
             evicted.append(self._record(old_pts, old, "lost", reason="too_many_pending"))
         return evicted
 
-    def skipped(self, pts: int, captured_at: float) -> FrameRecord:
-        return FrameRecord(pts, captured_at, "skipped", reason="skipped_at_capture")
+    def skipped(
+        self, pts: int, captured_at: float, reason: str = "skipped_at_capture"
+    ) -> FrameRecord:
+        """A frame never sent: skipped at capture, or ``thinned`` to meet a lower bitrate."""
+        return FrameRecord(pts, captured_at, "skipped", reason=reason)
 
     def on_result(self, result: p.Result, now: float) -> FrameRecord | None:
         sent = self._pending.pop(result.pts, None)

@@ -87,6 +87,7 @@ class StreamStats:
             "frames_sent": self.frames_sent,
             "results": len(results),
             "dropped_by_server": sum(r.status == "dropped" for r in self.records),
+            # Every frame never sent (skipped at capture, thinned, unsent); see drop_reasons.
             "skipped_at_capture": sum(r.status == "skipped" for r in self.records),
             "lost": sum(r.status == "lost" for r in self.records),
             "drop_reasons": dict(reasons),
@@ -114,7 +115,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"frames      {summary['frames']} captured, {summary['frames_sent']} sent, "
         f"{summary['results']} results, {summary['dropped_by_server']} dropped by the server, "
-        f"{summary['skipped_at_capture']} skipped at capture, {summary['lost']} lost",
+        f"{summary['skipped_at_capture']} never sent, {summary['lost']} lost",
         f"rate        {summary['fps']} fps over {summary['duration_s']} s, "
         f"{summary['kbit_per_s']} kbit/s, {summary['bytes_per_frame']} bytes/frame",
         f"latency     p50 {_ms(lat['p50'])}  p95 {_ms(lat['p95'])}  p99 {_ms(lat['p99'])}  "

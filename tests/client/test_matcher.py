@@ -80,3 +80,8 @@ def test_summary_counts_every_fate_and_percentiles() -> None:
     assert summary["kbit_per_s"] == pytest.approx(10 * 1000 * 8 / 1.0 / 1000)
     text = format_summary(summary)
     assert "p50  20.0 ms" in text and "too_old 1" in text
+
+
+def test_a_thinned_frame_says_so() -> None:
+    record = ResultMatcher().skipped(3000, 1.0, "thinned")
+    assert (record.status, record.reason, record.pts) == ("skipped", "thinned", 3000)
