@@ -48,9 +48,7 @@ class CountingFactory:
 def make_stream(codec: str, count: int = 32) -> Stream:
     with av.open("testsrc2=size=320x240:rate=30", format="lavfi") as src:
         frames = [f for _, f in zip(range(count), src.decode(video=0), strict=False)]
-    # One thread: x265's threaded rate control is not bit-exact run to run, and whether a
-    # truncated access unit is detected depends on its exact bytes (~5 % of halved HEVC
-    # AUs still decode without an error), so the test needs the same bytes every time.
+    # One thread: x265's threaded rate control is not bit-exact run to run.
     config = EncoderConfig(
         codec=codec, width=320, height=240, keyframe_interval_s=GOP / 30, threads=1
     )
@@ -97,7 +95,11 @@ def test_truncated_au_drops_until_next_keyframe(
     rd = RecoveringDecoder(stream.codec, factory)
     for i in range(5):
         assert_decoded(feed(rd, stream, i), stream, i)
-    truncated = stream.aus[5].data[: len(stream.aus[5].data) // 2]
+    # Cut inside the slice header (start code, NAL header, 2 bytes), which every decoder
+    # reports. A slice cut halfway is not always detected: its entropy coding may end
+    # cleanly (measured: ~5 % of halved HEVC access units decode without an error), and
+    # which bytes x265 writes varies with its threads and rate control.
+    truncated = stream.aus[5].data[:8]
     with caplog.at_level(logging.DEBUG, logger="shelf_stream.codec"):
         result = feed(rd, stream, 5, truncated)
         assert result == DecodeResult((), "decode_error", True)
