@@ -43,6 +43,7 @@ from shelf_stream.bench.detection_metrics import (
     average_precision_per_class,
     mean_average_precision,
 )
+from shelf_stream.bench.report import write_json
 from shelf_stream.codec import EncoderConfig, get_decoder, get_encoder
 from shelf_stream.codec.base import TIME_BASE
 from shelf_stream.codec.metrics import luma, psnr
@@ -955,11 +956,7 @@ def run_codec_bench(
     summary["outputs"] = {"csv": str(csv_path), "plots": [str(p) for p in plots]}
     summary["runtime_s"] = time.monotonic() - started
     print_fn(_report(summary, plots))
-    if args.json is not None:
-        import json
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"summary": summary}, indent=2) + "\n")
+    write_json(args.json, {"summary": summary})
     return summary
 
 

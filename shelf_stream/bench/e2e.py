@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from shelf_stream.bench.link import LinkConfig, LinkRelay, parse_link, parse_schedule, run_schedule
 from shelf_stream.bench.loopback import free_port, start_server
+from shelf_stream.bench.report import progress, publish
 from shelf_stream.bench.timeline import Run, analyse, plot
 from shelf_stream.cli import parse_size
 from shelf_stream.client.app import ClientConfig, StreamClient
@@ -106,15 +105,11 @@ def run_e2e_bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait(timeout=15)
-    report = {"summary": runs[0], "links": runs}
-    print(format_report(runs))
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return publish(format_report(runs), {"summary": runs[0], "links": runs}, args.json)
 
 
 def _progress(text: str) -> None:
-    print(f"... {text}", file=sys.stderr, flush=True)
+    progress("...", text)
 
 
 def _client_config(
@@ -274,10 +269,7 @@ def run_scheduled_bench(args: argparse.Namespace) -> dict[str, Any]:
             "timeline_png": str(png),
         }
     }
-    print(format_schedule_report(figures, png, name))
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return report
+    return publish(format_schedule_report(figures, png, name), report, args.json)
 
 
 def _describe(schedule: list[tuple[float, LinkConfig]]) -> str:

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import random
 import re
-import sys
 import threading
 import time
 from collections import Counter
@@ -46,6 +44,7 @@ from websockets.exceptions import ConnectionClosed
 
 from shelf_stream import protocol as p
 from shelf_stream.bench.fuzz_cases import CASES, CaseContext, ClipUnit, run_case
+from shelf_stream.bench.report import progress, publish
 from shelf_stream.engine.base import Detector
 from shelf_stream.server import Server, ServerConfig
 
@@ -98,14 +97,11 @@ def run_fuzz(args: argparse.Namespace) -> dict[str, Any]:
         report = asyncio.run(_campaign(detector, clip, args.cases, args.seed, args.concurrency))
     finally:
         detector.close()
-    print(format_report(report))
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return publish(format_report(report), report, args.json)
 
 
 def _progress(text: str) -> None:
-    print(f"fuzz: {text}", file=sys.stderr, flush=True)
+    progress("fuzz:", text)
 
 
 # ------------------------------------------------------------------ healthy clip

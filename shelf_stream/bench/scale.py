@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from shelf_stream.bench.loopback import free_port, start_server
+from shelf_stream.bench.report import publish
 
 MIN_FPS_SHARE = 0.95  # a stream "holds" at this share of the offered frame rate
 
@@ -213,11 +213,9 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
         **results,
         "wall_s": round(time.monotonic() - started, 1),
     }
-    print(
+    verdict = (
         f"largest N holding {args.fps:g} fps (>= {MIN_FPS_SHARE:.0%}) with p95 <= "
         f"{args.budget_ms:g} ms: batching {results['batching']['max_streams']}, "
         f"no batching {results['no_batching']['max_streams']}"
     )
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return publish(verdict, report, args.json)

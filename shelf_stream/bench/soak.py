@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from shelf_stream.bench.loopback import free_port, rss_mb, start_server
+from shelf_stream.bench.report import progress, publish
 from shelf_stream.client.matcher import FrameRecord
 
 DEFAULT_DURATION_S = 300.0
@@ -116,14 +115,11 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         server.terminate()
         server.wait(timeout=15)
     report = build_report(args, recorder, summaries, exit_code)
-    print(format_report(report))
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return publish(format_report(report), report, args.json)
 
 
 def _progress(text: str) -> None:
-    print(f"soak: {text}", file=sys.stderr, flush=True)
+    progress("soak:", text)
 
 
 async def _run_clients(
