@@ -399,12 +399,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ------------------------------------------------------------------------- bench
 
 
-def bench_main(argv: Sequence[str] | None = None) -> int:
-    from shelf_stream.bench.codec import add_codec_parser, run_codec_bench
-    from shelf_stream.bench.e2e import add_e2e_parser, run_e2e_bench
-    from shelf_stream.bench.fuzz import add_fuzz_parser, run_fuzz
-    from shelf_stream.bench.scale import add_scale_parser, run_scale
-    from shelf_stream.bench.soak import add_soak_parser, run_soak
+def build_bench_parser() -> argparse.ArgumentParser:
+    """The ``shelf-bench`` command line (the benches are imported only when it is built)."""
+    from shelf_stream.bench.codec import add_codec_parser
+    from shelf_stream.bench.e2e import add_e2e_parser
+    from shelf_stream.bench.fuzz import add_fuzz_parser
+    from shelf_stream.bench.scale import add_scale_parser
+    from shelf_stream.bench.soak import add_soak_parser
 
     parser = argparse.ArgumentParser(prog="shelf-bench", description="shelf-stream benchmarks")
     parser.add_argument(
@@ -422,7 +423,17 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     add_fuzz_parser(sub)
     add_soak_parser(sub)
     add_scale_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    from shelf_stream.bench.codec import run_codec_bench
+    from shelf_stream.bench.e2e import run_e2e_bench
+    from shelf_stream.bench.fuzz import run_fuzz
+    from shelf_stream.bench.scale import run_scale
+    from shelf_stream.bench.soak import run_soak
+
+    args = build_bench_parser().parse_args(argv)
     _setup_logging(args.log_level)
     try:
         if args.command == "codec":

@@ -27,7 +27,7 @@ from shelf_stream.bench.codec import (
     reference_quality,
     summarize_zlib,
 )
-from shelf_stream.cli import bench_main
+from shelf_stream.cli import bench_main, build_bench_parser
 from shelf_stream.codec import EncoderConfig, get_encoder
 from shelf_stream.codec.metrics import ssim as reference_ssim
 
@@ -35,9 +35,7 @@ cv2 = pytest.importorskip("cv2")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    bench.add_codec_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["codec", *argv])
+    return build_bench_parser().parse_args(["codec", *argv])
 
 
 # ------------------------------------------------------------------ interpolation

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from shelf_stream.bench.e2e import add_e2e_parser, physical_floor_ms, run_e2e_bench
+from shelf_stream.bench.e2e import physical_floor_ms, run_e2e_bench
 from shelf_stream.bench.link import LinkConfig
+from shelf_stream.cli import build_bench_parser
 
 
 def test_floor_is_delay_both_ways_plus_serialisation_plus_compute() -> None:
@@ -21,10 +21,8 @@ def test_floor_is_delay_both_ways_plus_serialisation_plus_compute() -> None:
 
 @pytest.mark.timeout(120)
 def test_tiny_run_reports_both_contenders(model_path: Path, tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser()
-    add_e2e_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "e2e.json"
-    args = parser.parse_args(
+    args = build_bench_parser().parse_args(
         ["e2e", "--link", "20:20", "--size", "320x240", "--fps", "10", "--duration", "2",
          "--model", str(model_path), "--json", str(out)]
     )  # fmt: skip
@@ -43,10 +41,8 @@ def test_tiny_run_reports_both_contenders(model_path: Path, tmp_path: Path) -> N
 
 @pytest.mark.timeout(120)
 def test_tiny_link_schedule_run_draws_its_timeline(model_path: Path, tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser()
-    add_e2e_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "schedule.json"
-    args = parser.parse_args(
+    args = build_bench_parser().parse_args(
         ["e2e", "--link-schedule", "0:20:5,2:20:1", "--size", "320x240", "--fps", "10",
          "--duration", "4", "--codec", "h264", "--model", str(model_path),
          "--out", str(tmp_path), "--json", str(out)]

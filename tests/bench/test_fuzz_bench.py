@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from shelf_stream import protocol as p
-from shelf_stream.bench.fuzz import add_fuzz_parser, match_detections, plan_cases, run_fuzz
+from shelf_stream.bench.fuzz import match_detections, plan_cases, run_fuzz
+from shelf_stream.cli import build_bench_parser
 
 
 def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_fuzz_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["fuzz", *argv])
+    return build_bench_parser().parse_args(["fuzz", *argv])
 
 
 def test_default_campaign_is_ten_thousand_cases() -> None:

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shelf_stream.bench.scale import add_scale_parser, largest_holding, run_scale, stream_holds
+from shelf_stream.bench.scale import largest_holding, run_scale, stream_holds
+from shelf_stream.cli import build_bench_parser
 
 
 def _summary(fps: float, p95: float | None) -> dict[str, Any]:
@@ -30,9 +31,7 @@ def test_largest_holding_needs_every_smaller_step_to_hold() -> None:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_scale_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["scale", *argv])
+    return build_bench_parser().parse_args(["scale", *argv])
 
 
 def test_defaults_are_small_enough_for_a_small_box() -> None:

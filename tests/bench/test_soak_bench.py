@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from shelf_stream.bench.soak import add_soak_parser, rss_flatness, run_soak, verdict
+from shelf_stream.bench.soak import rss_flatness, run_soak, verdict
+from shelf_stream.cli import build_bench_parser
 
 
 def test_flatness_compares_thirds_after_the_warm_up() -> None:
@@ -24,10 +24,8 @@ def test_flatness_compares_thirds_after_the_warm_up() -> None:
 
 @pytest.mark.timeout(120)
 def test_short_soak_reports_series(model_path: Path, tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser()
-    add_soak_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "soak.json"
-    args = parser.parse_args(
+    args = build_bench_parser().parse_args(
         ["soak", "--duration", "4", "--streams", "1", "--size", "320x240", "--fps", "10",
          "--window", "1", "--model", str(model_path), "--json", str(out)]
     )  # fmt: skip
