@@ -1,8 +1,9 @@
 """How far the encoder's output misses its configured bitrate, and the correction.
 
-Encoders without lookahead rarely hit their target: libx264's ABR and VBV gave 81-96 % of
-it on the demo scene (at 600 and 2000 kbit/s, 640x480 and 1280x720, 15 and 30 fps), and
-libx265's, even with its ABR headroom (``codec.pyav.X265_ABR_HEADROOM``), 87-105 %. The rate
+Encoders without lookahead rarely hit their target: libx264's ABR and VBV gave 80-96 % of
+it on the demo scene (at 600 and 2000 kbit/s, 640x480 and 1280x720, 10 and 30 fps;
+``benchmarks/encoder_rate.py``), and libx265's, even with its ABR headroom
+(``codec.pyav.X265_ABR_HEADROOM``), 87-105 %. The rate
 controller then asks for 2 Mbit/s and gets 1.7, and a link it measured stays a sixth empty.
 WebRTC's answer is its EncoderBitrateAdjuster; this is the same idea, sans-I/O:
 

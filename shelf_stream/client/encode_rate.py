@@ -8,22 +8,23 @@ the rate controller asked for. Measured at 1280x720 H.265 on two cores shared wi
 server: 15 of 30 frames encoded, 49 % of a 2 Mbit/s link used.
 
 Lowering the capture rate instead does not help: the per-frame cost grows as frames lie
-further apart (more motion to search, more bits to code; 31 ms at 30 fps, 80 ms at 10 fps
-for the same 720p scene here), so the encoder falls behind again. So capture keeps its
-rate, the encoder keeps taking the newest frame, and the encoder is re-opened for the rate
-it reaches when that differs from the one it was opened with by more than ``tolerance``
-over two windows in a row (the second measured afresh, so that it holds only the new
-regime, not a mix of the old and the new).
+further apart (more motion to search, more bits to code; 30 ms at 30 fps, 52 ms at 10 fps
+for the same 720p scene at 2 Mbit/s here, ``benchmarks/encoder_rate.py``), so the encoder
+falls behind again. So capture keeps its rate, the encoder keeps taking the newest frame,
+and the encoder is re-opened for the rate it reaches when that differs from the one it
+was opened with by more than ``tolerance`` over two windows in a row (the second measured
+afresh, so that it holds only the new regime, not a mix of the old and the new).
 
 The rate it reaches is measured from the encode time per frame (1 / its mean), not by
 counting frames: when the link backs up, the encoder waits for the socket and encodes
 fewer frames, which says nothing about the machine.
 
 Before budgeting for fewer frames, an encoder with a faster real-time preset (libx265 and
-libx264: ultrafast instead of superfast, about 1.5x faster at 720p here, for about a third
-more bytes at equal quality) switches to it once, as WebRTC lowers an encoder's complexity
-under CPU load before its frame rate; it keeps it for the rest of the stream (the machine
-seldom gets faster, and every flip costs a keyframe).
+libx264: ultrafast instead of superfast, 1.3x faster at 720p alone and 1.6x beside a busy
+process here, for about a third more bytes at equal quality) switches to it once, as
+WebRTC lowers an encoder's complexity under CPU load before its frame rate; it keeps it
+for the rest of the stream (the machine seldom gets faster, and every flip costs a
+keyframe).
 
 Sans-I/O: ``on_encoded(encode_ms, now)`` per encoded frame, ``poll(now, capture_fps)``
 returns a change (``fps`` None: the encoder keeps up with the capture rate).

@@ -16,8 +16,9 @@ from shelf_stream.errors import CodecError, ConfigError
 #: Measured real-time presets. superfast took ~35 % fewer bytes than ultrafast at equal
 #: quality for ~3 ms more per 480p frame (libx265 on a 2-core box: ~9.5 ms at 640x480).
 DEFAULT_PRESETS = {"libx265": "superfast", "libx264": "superfast"}
-#: Where the default cannot keep up: ~1.5x faster at 720p here (libx265 ~20 vs ~31 ms a
-#: frame alone), for about a third more bytes at equal quality.
+#: Where the default cannot keep up: libx265 at 720p here took 20.7 vs 27.7 ms a frame
+#: alone and 34.1 vs 55.7 beside a busy process (``benchmarks/encoder_rate.py``), for about
+#: a third more bytes at equal quality.
 FASTER_PRESETS = {"libx265": "ultrafast", "libx264": "ultrafast"}
 
 #: Zero-delay options for other encoders, applied only where the encoder declares them.
