@@ -661,7 +661,6 @@ class StreamClient:
         if self._controller is None or self._retarget is None:
             return
         self._controller.on_feedback(feedback.arrivals, now)
-        self._controller.poll(now)  # advances the controller's own change bookkeeping
         # Offer the current target every time, not only when it changed: one the encoder
         # could not take yet (too soon after a switch) must get through later.
         self._offer_target(now)
