@@ -117,6 +117,8 @@ def _add_stream_options(parser: argparse.ArgumentParser, *, default_duration: fl
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shelf_stream.client.connection import ReconnectPolicy
+
     parser = argparse.ArgumentParser(
         prog="shelf-stream",
         description="Stream a camera as H.265 to a detection server and get boxes back by pts.",
@@ -170,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--loop", action="store_true", help="loop --input forever")
     send.add_argument("--token", help="the server's shared secret (or $SHELF_STREAM_TOKEN)")
     send.add_argument("--cafile", type=Path, help="wss://: trust this CA certificate (PEM)")
+    send.add_argument(
+        "--reconnect-limit", type=float, default=ReconnectPolicy().give_up_s, metavar="SECONDS",
+        help="after a lost connection, retry for this long, then end (default 300; 0: never)",
+    )  # fmt: skip
     _add_stream_options(send, default_duration=None)
 
     demo = sub.add_parser(
@@ -211,8 +217,15 @@ def _engine_config(args: argparse.Namespace) -> Any:
 
 
 def _client_config(args: argparse.Namespace, url: str, source: Any, token: str | None) -> Any:
+    from shelf_stream.client.adaptation import AdaptationConfig
     from shelf_stream.client.app import ClientConfig
+    from shelf_stream.client.connection import ConnectionConfig, ReconnectPolicy
 
+    for option, path in (("--results", args.results), ("--save", args.save), ("--json", args.json)):
+        if path is not None and not path.parent.is_dir():
+            raise ConfigError(f"{option} {path}: the folder {path.parent} does not exist")
+    limit_s = getattr(args, "reconnect_limit", ReconnectPolicy().give_up_s)  # demo: none
+    reconnect = ReconnectPolicy(give_up_s=limit_s) if limit_s > 0 else None
     width, height = args.size or (None, None)
     return ClientConfig(
         url=url,
@@ -225,7 +238,7 @@ def _client_config(args: argparse.Namespace, url: str, source: Any, token: str |
         bitrate_kbps=args.bitrate,
         max_bitrate_kbps=args.max_bitrate,
         probe=not args.no_probe,
-        adapt=not args.no_adapt,
+        adaptation=AdaptationConfig(enabled=not args.no_adapt),
         preset=args.preset,
         token=token,
         duration_s=args.duration,
@@ -234,6 +247,7 @@ def _client_config(args: argparse.Namespace, url: str, source: Any, token: str |
         save_path=args.save,
         status=not args.no_status and sys.stderr.isatty(),
         cafile=getattr(args, "cafile", None),
+        connection=ConnectionConfig(reconnect=reconnect),
     )
 
 
@@ -348,16 +362,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _stop_on_sigint(client: Any) -> dict[str, Any]:
-    """First Ctrl-C: finish gracefully (answers, summary). Second: abort."""
+    """First Ctrl-C (or SIGTERM): finish gracefully (answers, summary). Second: abort."""
     loop = asyncio.get_running_loop()
 
     def first_interrupt() -> None:
         print("\nstopping: waiting for the last answers (Ctrl-C again to abort)", file=sys.stderr)
-        loop.remove_signal_handler(signal.SIGINT)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
         client.request_stop()
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, first_interrupt)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, first_interrupt)
     summary: dict[str, Any] = await client.run()
     return summary
 

@@ -15,7 +15,8 @@ import pytest
 
 from shelf_stream.bench.loopback import free_port, wait_for_port
 from shelf_stream.client.app import ClientConfig, StreamClient
-from shelf_stream.client.matcher import FrameRecord
+from shelf_stream.client.drawing import PALETTE
+from shelf_stream.client.matcher import FrameRecord, Outcome
 from shelf_stream.client.sources import SourceSpec
 from shelf_stream.engine import EngineConfig, create_detector
 from shelf_stream.server import Server, ServerConfig
@@ -61,9 +62,9 @@ def test_scene_stream_through_server_and_client(model_path: Path) -> None:
     assert len(pts) == len(set(pts)) == 140, "every captured frame ends as exactly one record"
     assert summary["frames_sent"] >= 100
     assert summary["lost"] == 0
-    answered = [r for r in records if r.status in ("result", "dropped")]
+    answered = [r for r in records if r.status in (Outcome.RESULT, Outcome.DROPPED)]
     assert len(answered) == summary["frames_sent"]
-    results = [r for r in records if r.status == "result"]
+    results = [r for r in records if r.status is Outcome.RESULT]
     assert len(results) >= 80
     labels = {d.label for r in results for d in r.detections}
     assert {"person", "cat"} <= labels, labels
@@ -88,7 +89,8 @@ def _write_still_clip(path: Path, image_rgb: np.ndarray, frames: int, fps: int =
 
 @pytest.mark.timeout(120)
 def test_cli_serve_and_send_a_clip(model_path: Path, tmp_path: Path) -> None:
-    """The two commands a user runs, as processes: each pts once, right class and box."""
+    """The two commands a user runs, as processes: each pts once, right class and box, and
+    a playable annotated MP4 with one frame per result, the box drawn on the person."""
     skimage_data = pytest.importorskip("skimage.data")
     astronaut = skimage_data.astronaut()[:, :, :3]  # 512x512 RGB, one person
     clip = tmp_path / "astronaut.mp4"
@@ -108,10 +110,11 @@ def test_cli_serve_and_send_a_clip(model_path: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         wait_for_port(port, serve)
-        results = tmp_path / "r.jsonl"
+        results, saved = tmp_path / "r.jsonl", tmp_path / "annotated.mp4"
         send = subprocess.run(
             [sys.executable, "-m", "shelf_stream", "send", "--url", f"ws://127.0.0.1:{port}",
-             "--input", str(clip), "--results", str(results), "--bitrate", "1000"],
+             "--input", str(clip), "--results", str(results), "--bitrate", "1000",
+             "--save", str(saved)],
             capture_output=True, text=True, timeout=90,
         )  # fmt: skip
     finally:
@@ -130,3 +133,35 @@ def test_cli_serve_and_send_a_clip(model_path: Path, tmp_path: Path) -> None:
         best = max(people, key=lambda d: d["score"])
         assert _box_iou(best["box"], reference_box) > 0.85, (best, reference_box)
     assert serve.returncode == 0, "SIGTERM must shut the server down cleanly"
+    _check_annotated_video(saved, answered, astronaut)
+
+
+def _check_annotated_video(path: Path, answered: list[dict], original_rgb: np.ndarray) -> None:
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(video=0))
+    assert len(decoded) == len(answered), "one frame per result"
+    times = [frame.time for frame in decoded]
+    assert times == pytest.approx([line["time_s"] for line in answered], abs=0.002)
+    assert times[-1] - times[0] == pytest.approx(
+        answered[-1]["time_s"] - answered[0]["time_s"], abs=0.002
+    ), "the file's duration is the run's"
+    # The last frame: its person box is drawn in the person's colour, where it was found.
+    image = decoded[-1].to_ndarray(format="rgb24").astype(int)
+    person = max(
+        (d for d in answered[-1]["detections"] if d["label"] == "person"),
+        key=lambda d: d["score"],
+    )
+    x1, y1, x2, y2 = (round(v) for v in person["box"])
+    # The top edge (±2 px, past the label) turned the person's colour; the photo there is
+    # far from it. (4:2:0 chroma and the file's encoder blur a 2 px line, so "closer by a
+    # wide margin", not "equal".)
+    rows, columns = slice(max(0, y1 - 2), y1 + 3), slice(x1 + 120, x2 - 10)
+    colour = np.array(PALETTE[0])
+    drawn = np.median(np.abs(image[rows, columns] - colour).sum(axis=2).min(axis=0))
+    photo = np.median(
+        np.abs(original_rgb[rows, columns].astype(int) - colour).sum(axis=2).min(axis=0)
+    )
+    assert photo > 150 and drawn < photo - 50, (drawn, photo)
+    inside = slice(y1 + 40, y2 - 40), slice(x1 + 40, x2 - 40)
+    difference = np.abs(image[inside] - original_rgb[inside].astype(int)).mean()
+    assert difference < 12, "the picture itself is left alone"

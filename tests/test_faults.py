@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from shelf_stream import protocol as p
 from shelf_stream.bench.loopback import free_port
 from shelf_stream.client.app import ClientConfig, StreamClient
-from shelf_stream.client.matcher import FrameRecord
+from shelf_stream.client.connection import ConnectionConfig, ReconnectPolicy
+from shelf_stream.client.matcher import ClientReason, FrameRecord, Outcome
 from shelf_stream.client.sources import SourceSpec
 from shelf_stream.engine import EngineConfig, create_detector
 from shelf_stream.engine.base import Detector
@@ -33,7 +35,7 @@ def _client_config(port: int, frames: int) -> ClientConfig:
         bitrate_kbps=500,
         max_frames=frames,
         status=False,
-        reconnect_initial_delay_s=0.2,
+        connection=ConnectionConfig(reconnect=ReconnectPolicy(initial_delay_s=0.2)),
     )
 
 
@@ -54,7 +56,7 @@ def test_client_resumes_by_itself_after_a_server_restart(detector: Detector) -> 
         await first.start()
         client = StreamClient(_client_config(port, 90), on_record=records.append)
         streaming = asyncio.create_task(client.run())
-        await _wait_until(lambda: len([r for r in records if r.status == "result"]) >= 10)
+        await _wait_until(lambda: len([r for r in records if r.status is Outcome.RESULT]) >= 10)
         await first.stop()  # answers in-flight frames, closes with 1001
         await asyncio.sleep(0.3)
         async with Server(config, detector):
@@ -64,11 +66,13 @@ def test_client_resumes_by_itself_after_a_server_restart(detector: Detector) -> 
     assert summary["reconnects"] >= 1
     pts = [r.pts for r in records]
     assert len(pts) == len(set(pts)) == 90, "pts continuity: every captured frame once"
-    first_result = min(r.pts for r in records if r.status == "result")
-    last_result = max(r.pts for r in records if r.status == "result")
-    restart_gap = [r for r in records if r.reason in ("connection_closed", "unsent")]
+    first_result = min(r.pts for r in records if r.status is Outcome.RESULT)
+    last_result = max(r.pts for r in records if r.status is Outcome.RESULT)
+    restart_gap = [
+        r for r in records if r.reason in (ClientReason.CONNECTION_CLOSED, ClientReason.UNSENT)
+    ]
     assert all(first_result < r.pts for r in restart_gap)
-    results_after = [r for r in records if r.status == "result" and r.pts > max(
+    results_after = [r for r in records if r.status is Outcome.RESULT and r.pts > max(
         (g.pts for g in restart_gap), default=first_result)]  # fmt: skip
     assert results_after, "detections come back after the reconnect"
     assert last_result > first_result
@@ -82,7 +86,7 @@ def test_clean_shutdown_answers_every_frame_in_flight(detector: Detector) -> Non
         await server.start()
         config = _client_config(server.port, 1000)
         client = StreamClient(
-            ClientConfig(**{**_fields(config), "reconnect": False}), on_record=records.append
+            replace(config, connection=ConnectionConfig(reconnect=None)), on_record=records.append
         )
         streaming = asyncio.create_task(client.run())
         await _wait_until(lambda: len(records) >= 15)
@@ -90,13 +94,9 @@ def test_clean_shutdown_answers_every_frame_in_flight(detector: Detector) -> Non
         await asyncio.wait_for(streaming, 30)
 
     asyncio.run(run())
-    lost = [r for r in records if r.status == "lost"]
+    lost = [r for r in records if r.status is Outcome.LOST]
     assert not lost, f"{len(lost)} frames in flight were not answered at shutdown"
-    assert any(r.status == "result" for r in records)
-
-
-def _fields(config: ClientConfig) -> dict:
-    return {name: getattr(config, name) for name in config.__dataclass_fields__}
+    assert any(r.status is Outcome.RESULT for r in records)
 
 
 def test_vanished_client_frees_its_session_and_decoder_thread(detector: Detector) -> None:

@@ -26,6 +26,7 @@ from shelf_stream.bench.loopback import free_port, start_server
 from shelf_stream.bench.report import progress, publish
 from shelf_stream.bench.timeline import Run, analyse, plot
 from shelf_stream.cli import parse_size
+from shelf_stream.client.adaptation import AdaptationConfig
 from shelf_stream.client.app import ClientConfig, StreamClient
 from shelf_stream.client.matcher import FrameRecord
 from shelf_stream.client.sources import SourceSpec
@@ -130,7 +131,7 @@ def _client_config(
         bitrate_kbps=contender.bitrate_kbps,
         max_in_flight=contender.max_in_flight,
         probe=not seed,
-        adapt=not seed,
+        adaptation=AdaptationConfig(enabled=not seed),
         duration_s=args.duration,
         status=False,
     )
@@ -287,7 +288,8 @@ async def _run_with_schedule(
         start = relay.uplink.stats.start  # the loop's clock is time.monotonic
         changes = asyncio.create_task(run_schedule(relay, schedule))
         client = StreamClient(
-            replace(config, url=f"ws://127.0.0.1:{relay.port}"), on_record=records.append
+            replace(config, url=f"ws://127.0.0.1:{relay.port}", timeline_period_s=0.2),
+            on_record=records.append,
         )
         try:
             summary = await client.run()
@@ -313,12 +315,7 @@ async def _run_with_schedule(
 
 def _relative(entry: dict[str, Any], start: float) -> dict[str, Any]:
     """A client timeline entry with its times in seconds from the run's start."""
-    out = {k: v for k, v in entry.items() if k != "at"} | {"t": round(entry["at"] - start, 3)}
-    if "controller" in entry:
-        controller = dict(entry["controller"])
-        controller["t"] = round(controller["t"] - start, 3)
-        out["controller"] = controller
-    return out
+    return {k: v for k, v in entry.items() if k != "at"} | {"t": round(entry["at"] - start, 3)}
 
 
 def format_schedule_report(figures: dict[str, Any], png: Path, codec_name: str = "H.265") -> str:

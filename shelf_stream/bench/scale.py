@@ -114,7 +114,9 @@ def _stream_row(summary: dict[str, Any], offered_fps: float, budget_ms: float) -
 
 
 async def _run_clients(args: argparse.Namespace, port: int, n: int) -> list[dict[str, Any]]:
+    from shelf_stream.client.adaptation import AdaptationConfig
     from shelf_stream.client.app import ClientConfig, StreamClient
+    from shelf_stream.client.connection import ConnectionConfig
     from shelf_stream.client.sources import SourceSpec
 
     width, height = args.size
@@ -130,8 +132,9 @@ async def _run_clients(args: argparse.Namespace, port: int, n: int) -> list[dict
             duration_s=args.duration,
             status=False,
             probe=False,  # loopback: nothing to learn, and N probes would skew the start
-            adapt=False,  # fixed load: the question is what the server holds
-            reconnect=False,
+            # Fixed load: the question is what the server holds.
+            adaptation=AdaptationConfig(enabled=False),
+            connection=ConnectionConfig(reconnect=None),
         )
         for _ in range(n)
     ]

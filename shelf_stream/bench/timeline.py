@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from shelf_stream import protocol as p
 from shelf_stream.bench.link import LinkConfig
-from shelf_stream.client.matcher import FrameRecord
+from shelf_stream.client.matcher import FrameRecord, Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +82,12 @@ def analyse(run: Run) -> dict[str, Any]:
             change["target_before_drop_kbps"] = round(level, 1) if level else None
             change["recovered_to_70pct_after_s"] = _reach_time(run.targets, at, until, level)
         changes.append(change)
-    server_age = [r.decode_ms + r.queue_ms for _, r in run.records if r.status == "result"]
+    server_age = [r.decode_ms + r.queue_ms for _, r in run.records if r.status is Outcome.RESULT]
     return {
         "changes": changes,
         "max_server_age_at_inference_ms": round(max(server_age), 1) if server_age else None,
-        "too_old_drops": sum(r.reason == "too_old" for _, r in run.records),
-        "results": sum(r.status == "result" for _, r in run.records),
+        "too_old_drops": sum(r.reason is p.DropReason.TOO_OLD for _, r in run.records),
+        "results": sum(r.status is Outcome.RESULT for _, r in run.records),
         "frames": len(run.records),
     }
 
@@ -192,7 +193,7 @@ def _plot_latency(ax: Any, run: Run) -> None:
 
 
 def _plot_fps(ax: Any, run: Run) -> None:
-    results = [t for t, r in run.records if r.status == "result"]
+    results = [t for t, r in run.records if r.status is Outcome.RESULT]
     if results:
         edges = np.arange(0, math.ceil(run.duration_s) + 1, 1.0)
         counts, _ = np.histogram(results, bins=edges)

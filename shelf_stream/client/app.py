@@ -1,12 +1,21 @@
-"""The streaming client: capture → encode → send, receive → match → sinks.
+"""The streaming client: the wiring of its parts, one owner each (docs/design.md, "Client").
 
-Thread and task ownership:
-- capture thread: owns the source; publishes into a ``LatestSlot`` (size 1);
-- encoder thread: owns the encoder; takes from the slot, hands access units to the
-  event loop through ``send_queue`` (``send_queue_units`` deep; it blocks when full);
-- sender task: writes Video messages; websockets' ``write_limit`` keeps the socket's
-  own buffer small, so a slow link backs up into the slot (skips), not into buffers;
-- receiver task: parses answers and feeds the matcher, stats and sinks.
+- capture thread (``capture.CaptureThread``): owns the source; publishes the newest
+  frame into a ``LatestSlot`` and reports the frames it replaced as skipped;
+- encoder worker (``encoder_worker.EncoderWorker``): owns the encoder; the event loop
+  talks to it only through its inbox (settings, keyframe requests, send permits) and
+  reads its bounded outbox;
+- event loop (this module): owns the connection (``connection``), the adaptation
+  (``adaptation.Adaptation``, sans-I/O), the matcher, the statistics and the sinks'
+  queues. Its tasks: the pump (outbox → socket), the receiver (socket → matcher and
+  adaptation), the ticker (the adaptation's timer, answer expiry, status line, timeline)
+  and the connection supervisor (``_serve``: reconnects with backoff);
+- sink threads (``sinks``): the results file and the annotated video.
+
+Every captured pts ends as exactly one record, handed to the statistics, the sinks and
+``on_record``. The end of a stream (its duration, the source's end, ``request_stop``)
+always reaches the summary within ``end_answer_timeout_s`` + ``shutdown_timeout_s``
+plus the sinks' close, and so does a lost server once the reconnect limit is reached.
 """
 
 from __future__ import annotations
@@ -14,41 +23,68 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import socket
-import ssl
+import math
 import sys
-import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection as WebSocket
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+import av
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from shelf_stream import __version__
 from shelf_stream import protocol as p
-from shelf_stream.client.adaptation import FrameThinner, Retarget, run_probe
-from shelf_stream.client.bitrate_fit import BitrateFit
+from shelf_stream.client.adaptation import (
+    Adaptation,
+    AdaptationConfig,
+    EncoderPlan,
+    EncoderSpeedChanged,
+    EncoderSwitch,
+)
 from shelf_stream.client.capture import CapturedFrame, CaptureThread, LatestSlot
-from shelf_stream.client.controller import RateControlConfig, RateController, Target
-from shelf_stream.client.encode_rate import EncodeRate, EncodeRateConfig
+from shelf_stream.client.connection import (
+    Backoff,
+    ConnectionConfig,
+    ConnectionFailed,
+    StreamConnection,
+    open_connection,
+    run_probe,
+)
+from shelf_stream.client.controller import Target
+from shelf_stream.client.encoder_worker import (
+    Configure,
+    EncodedUnit,
+    EncoderWorker,
+    EncodeSettings,
+    ForceKeyframe,
+    FrameNotEncoded,
+    GrantSends,
+    Outbox,
+    WorkerEnded,
+)
 from shelf_stream.client.ladder import Rung, default_ladder
-from shelf_stream.client.matcher import FrameRecord, ResultMatcher
+from shelf_stream.client.matcher import (
+    ClientReason,
+    FrameRecord,
+    ResultMatcher,
+    Settled,
+    skipped,
+)
 from shelf_stream.client.probe import BandwidthProbe, ProbeConfig, ProbeResult, choose_start
 from shelf_stream.client.sinks import AnnotatedVideoSink, JsonlSink
 from shelf_stream.client.sources import FrameSource, SourceSpec, open_source
 from shelf_stream.client.stats import StreamStats
-from shelf_stream.codec import faster_preset, get_encoder
-from shelf_stream.codec.base import EncodedFrame, Encoder, EncoderConfig
+from shelf_stream.codec import faster_preset
+from shelf_stream.codec.base import EncoderConfig
 from shelf_stream.errors import ConfigError, RemoteProtocolError, ShelfStreamError
 
 log = logging.getLogger("shelf_stream.client")
 
 DEFAULT_BITRATE_KBPS = 1500
+DEFAULT_FPS = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,61 +117,28 @@ class ClientConfig:
     max_frames: int | None = None
     results_path: Path | None = None
     save_path: Path | None = None
-    send_queue_units: int = 2
+    # Encoded frames waiting for the socket; more only adds latency (``encoder_worker``).
+    outbox_units: int = 2
     # Stop-and-wait like the seed system (1: the next frame only after the answer);
     # None streams without waiting for answers.
     max_in_flight: int | None = None
-    write_limit_bytes: int = 64 * 1024
-    # Linux: unsent bytes the kernel may hold per socket (TCP_NOTSENT_LOWAT). Without
-    # it a send buffer of megabytes hides a slow link from the pacing for seconds.
-    socket_unsent_limit_bytes: int = 16 * 1024
+    # A frame unanswered this long is recorded lost (a server that stopped answering).
     answer_timeout_s: float = 5.0
-    connect_timeout_s: float = 10.0
+    # At the end: how long to wait for the answers to the last frames sent.
+    end_answer_timeout_s: float = 1.0
+    # At the end: how long the encoder may take to hand over its last frames.
+    shutdown_timeout_s: float = 0.5
+    max_pending: int = 1024  # frames in flight the matcher holds (more: lost)
     status: bool = True
     # Measure RTT and throughput before streaming and start from what the link holds.
     probe: bool = True
     # Follow the server's arrival feedback: bitrate, then frame rate, then size; and open
-    # the encoder for the frame rate it really reaches on this machine (``encode_rate``).
-    adapt: bool = True
-    encode_rate: EncodeRateConfig = field(default_factory=EncodeRateConfig)
-    # After a lost connection (not the first connect): retry with exponential backoff
-    # and jitter, resume with a keyframe; pts keep counting on the capture clock.
-    reconnect: bool = True
-    reconnect_initial_delay_s: float = 0.5
-    reconnect_max_delay_s: float = 10.0
-    reconnect_give_up_s: float = 300.0
-
-
-class _FatalRefusal(ShelfStreamError):
-    """The server refused us for a reason retrying cannot fix."""
-
-
-_FATAL_ERRORS = {
-    p.ErrorCode.UNAUTHORIZED,
-    p.ErrorCode.UNSUPPORTED_CODEC,
-    p.ErrorCode.UNSUPPORTED_VERSION,
-    p.ErrorCode.BAD_HELLO,
-    p.ErrorCode.LIMIT_EXCEEDED,
-}
-
-
-@dataclass(slots=True)
-class _Unit:
-    """An encoded frame on its way to the socket."""
-
-    encoded: EncodedFrame
-    captured: CapturedFrame
-    encode_ms: float
-    encoder_kbps: float  # what the encoder was opened with
-    encoder_fps: float
-    scale: tuple[float, float]  # streamed frame → requested frame, for the boxes
-
-
-@dataclass(slots=True)
-class _Sinks:
-    jsonl: JsonlSink | None = None
-    video: AnnotatedVideoSink | None = None
-    extra: list[Callable[[FrameRecord], None]] = field(default_factory=list)
+    # the encoder for the frame rate it really reaches on this machine.
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    connection: ConnectionConfig = field(default_factory=ConnectionConfig)
+    # Record the adaptation's state this often (``StreamClient.timeline``); None: never.
+    timeline_period_s: float | None = None
+    timeline_max_entries: int = 3000
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,30 +158,29 @@ class StreamClient:
     ) -> None:
         self.config = config
         self.stats = StreamStats()
-        self.matcher = ResultMatcher()
         self.ready: p.Ready | None = None
         self.probe_result: ProbeResult | None = None
-        #: Adaptation over time (when adapting): controller snapshots every 200 ms.
-        self.timeline: list[dict[str, Any]] = []
-        self._proto = p.ClientConnection()
-        self._sinks = _Sinks(extra=[on_record] if on_record else [])
-        self._keyframe_wanted = threading.Event()
-        self._seq = 0
-        self._status_printed = False
+        #: The adaptation's state every ``timeline_period_s`` (bounded).
+        self.timeline: deque[dict[str, Any]] = deque(maxlen=config.timeline_max_entries)
+        self._on_record = on_record
+        self._matcher: ResultMatcher[av.VideoFrame] = ResultMatcher(max_pending=config.max_pending)
+        self._results: JsonlSink | None = None
+        self._video: AnnotatedVideoSink | None = None
+        self._conn: StreamConnection | None = None
+        self._adaptation: Adaptation | None = None
+        self._worker: EncoderWorker | None = None
         self._capture: CaptureThread | None = None
-        self._in_flight = (
-            threading.Semaphore(config.max_in_flight) if config.max_in_flight else None
-        )
-        self._stop_requested = False
-        self._controller: RateController | None = None
-        self._retarget: Retarget | None = None
-        self._encode_rate: EncodeRate | None = None
-        # Written on the event loop, read by the encoder thread when it opens an encoder
-        # (one float attribute: the read is atomic).
-        self._bitrate_fit = BitrateFit()
+        self._geometry_wanted: _Geometry | None = None
+        self._settings: EncodeSettings | None = None  # as last sent to the worker
+        self._capture_fps = 0.0  # as last asked of the capture thread
         self._ladder: tuple[Rung, ...] = ()
+        self._stop_requested = False
+        self._finishing = False
+        self._await_keyframe = False  # after a reconnect: nothing goes before a keyframe
+        self._keyframe_forced_at = -math.inf
         self._started_at = time.monotonic()
-        self._last_keyframe_forced = -1e9
+        self._capture_started_unix_s: float | None = None
+        self._status_printed = False
 
     def request_stop(self) -> None:
         """Finish gracefully: stop capturing, send what is encoded, wait for answers.
@@ -189,7 +191,7 @@ class StreamClient:
         if self._capture is not None:
             self._capture.stop()
 
-    # ------------------------------------------------------------------- set-up
+    # ------------------------------------------------------------------------ set-up
 
     async def run(self) -> dict[str, Any]:
         """Stream until the source ends, the duration passes or the task is cancelled."""
@@ -197,22 +199,27 @@ class StreamClient:
         source = await loop.run_in_executor(None, open_source, self.config.source)
         try:
             geometry = self._geometry(source)
+            hello = self._hello(geometry)
             # The first connection fails fast: a wrong URL or token is the user's to fix.
-            ws = await self._open_stream(geometry)
+            conn = await self._open_connection(hello)
             try:
-                start = await self._choose_start(ws, geometry)
+                start = await self._choose_start(conn, geometry)
             except BaseException:
-                await ws.close()
+                await conn.close()
                 raise
-            self._open_sinks(geometry.fps)
+            self._open_sinks(geometry)
             try:
-                await self._run_pipeline(ws, source, geometry, start)
+                await self._stream(conn, source, geometry, start, hello)
             finally:
-                self._close_sinks()
+                await loop.run_in_executor(None, self._close_sinks)
         finally:
-            source.close()
+            if self._capture is None or not self._capture.is_alive():
+                source.close()  # a capture thread still reading keeps it (a hung camera)
         summary = self.stats.summary()
-        summary["encoder_switches"] = self._retarget.switches if self._retarget else 0
+        summary["encoder_switches"] = self._adaptation.switches if self._adaptation else 0
+        summary["unmatched_answers"] = self._matcher.unmatched
+        # Wall clock when capture began (--duration counts from there), for scripts.
+        summary["capture_started_unix_s"] = self._capture_started_unix_s
         return summary
 
     def _geometry(self, source: FrameSource) -> _Geometry:
@@ -221,25 +228,37 @@ class StreamClient:
         height = cfg.height or source.height
         if not width or not height:
             raise ConfigError("the source does not report its size; pass --size WxH")
-        return _Geometry(width - width % 2, height - height % 2, cfg.fps or source.fps or 30.0)
+        fps = cfg.fps or source.fps or DEFAULT_FPS
+        return _Geometry(width - width % 2, height - height % 2, fps)
 
-    async def _choose_start(self, ws: WebSocket, geometry: _Geometry) -> Target:
+    def _hello(self, geometry: _Geometry) -> p.Hello:
+        return p.Hello(
+            codec=self.config.codec,
+            width=geometry.width,
+            height=geometry.height,
+            fps=geometry.fps,
+            token=self.config.token,
+            client=f"shelf-stream/{__version__}",
+        )
+
+    async def _choose_start(self, conn: StreamConnection, geometry: _Geometry) -> Target:
         """Where the stream starts: the probe's pick, unless the user fixed the bitrate."""
         cfg = self.config
+        self.ready = conn.ready
+        log.info(
+            "connected to %s: model %s, streaming %s %dx%d @ %.3g fps",
+            cfg.url, conn.ready.model, cfg.codec, geometry.width, geometry.height, geometry.fps,
+        )  # fmt: skip
         self._ladder = default_ladder(geometry.width, geometry.height, geometry.fps)
         bitrate = cfg.bitrate_kbps or DEFAULT_BITRATE_KBPS
         start = Target(bitrate, geometry.fps, geometry.width, geometry.height)
         if not cfg.probe:
             return start
         probe = BandwidthProbe(ProbeConfig(), time.monotonic())
-        result = await run_probe(ws, self._proto, probe, time.monotonic)
+        result = await run_probe(conn, probe, time.monotonic)
         self.probe_result = result
-        log.info(
-            "link probe: RTT %s ms, throughput %s kbit/s%s",
-            _num(result.rtt_ms), _num(result.throughput_kbps),
-            "" if result.reliable else " (unreliable: too few answers)",
-        )  # fmt: skip
         if cfg.bitrate_kbps is not None:
+            log.info("link probe: %s; --bitrate %d kbit/s wins", _describe(result), bitrate)
             return start  # an explicit --bitrate wins over the probe
         choice = choose_start(
             result,
@@ -250,22 +269,94 @@ class StreamClient:
             height=geometry.height,
         )
         log.info(
-            "starting at %d kbit/s, %dx%d @ %.3g fps (%s)",
-            choice.bitrate_kbps, choice.width, choice.height, choice.fps, choice.reason,
+            "link probe: %s; starting at %d kbit/s, %dx%d @ %.3g fps",
+            _describe(result), choice.bitrate_kbps, choice.width, choice.height, choice.fps,
         )  # fmt: skip
         return Target(choice.bitrate_kbps, choice.fps, choice.width, choice.height)
 
-    def _encoder_config(self, target: Target) -> EncoderConfig:
-        cfg = self.config
+    def _open_sinks(self, geometry: _Geometry) -> None:
+        if self.config.results_path is not None:
+            self._results = JsonlSink(self.config.results_path)
+        if self.config.save_path is not None:
+            self._video = AnnotatedVideoSink(
+                self.config.save_path, width=geometry.width, height=geometry.height,
+                fps=geometry.fps,
+            )  # fmt: skip
+
+    def _close_sinks(self) -> None:
+        """In a worker thread: each close waits for its file to be finished (bounded)."""
+        for sink in (self._results, self._video):
+            if sink is not None:
+                sink.close()
+        if self._video is not None:
+            log.info("%s: %d annotated frames", self._video.path, self._video.frames_written)
+
+    # ----------------------------------------------------------------------- stream
+
+    async def _stream(
+        self,
+        conn: StreamConnection,
+        source: FrameSource,
+        geometry: _Geometry,
+        start: Target,
+        hello: p.Hello,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        self._geometry_wanted = geometry
+        adaptation = self._adaptation = self._make_adaptation(start, now)
+        adaptation.on_connected(now, rtt_ms=self._probe_rtt_ms())
+        slot: LatestSlot[CapturedFrame] = LatestSlot()
+        outbox = Outbox(loop, self.config.outbox_units)
+        self._settings = self._encode_settings(adaptation.plan, geometry)
+        worker = self._worker = EncoderWorker(
+            slot, self._settings, outbox, max_in_flight=self.config.max_in_flight
+        )
+        capture = self._capture = CaptureThread(
+            source,
+            slot,
+            fps=start.fps,
+            max_frames=self.config.max_frames,
+            duration_s=self.config.duration_s,
+            on_skipped=lambda captured: _call_soon(loop, self._on_skipped, captured),
+        )
+        self._capture_fps = start.fps
+        if self._stop_requested:
+            capture.stop()
+        self._capture_started_unix_s = time.time()
+        capture.start()
+        worker.start()
+        pump = asyncio.create_task(self._pump(outbox), name="pump")
+        ticker = asyncio.create_task(self._ticker(), name="ticker")
+        try:
+            await self._serve(conn, pump, hello)
+        finally:
+            await self._shut_down(capture, worker, slot, pump, ticker)
+
+    def _make_adaptation(self, start: Target, now: float) -> Adaptation:
+        config = self.config.adaptation
+        control = replace(config.control, max_bitrate_kbps=self.config.max_bitrate_kbps)
+        start_config = self._encoder_config(EncoderPlan(start, round(start.bitrate_kbps)))
+        return Adaptation(
+            replace(config, control=control),
+            start=start,
+            now=now,
+            ladder=self._ladder,
+            can_go_faster=faster_preset(start_config) is not None,
+        )
+
+    def _probe_rtt_ms(self) -> float | None:
+        return self.probe_result.rtt_ms if self.probe_result is not None else None
+
+    def _encoder_config(self, plan: EncoderPlan) -> EncoderConfig:
+        cfg, target = self.config, plan.target
         config = EncoderConfig(
             codec=cfg.codec,
             encoder=cfg.encoder,
             width=target.width,
             height=target.height,
             fps=target.encode_fps or target.fps,
-            bitrate_kbps=self._bitrate_fit.encoder_kbps(target.bitrate_kbps)
-            if self.config.adapt
-            else round(target.bitrate_kbps),
+            bitrate_kbps=plan.encoder_kbps,
             keyframe_interval_s=cfg.keyframe_interval_s,
             preset=cfg.preset,
             jpeg_quality=cfg.jpeg_quality,
@@ -274,540 +365,373 @@ class StreamClient:
             config = replace(config, preset=faster_preset(config))
         return config
 
-    def _start_adaptation(self, start: Target) -> None:
-        now = time.monotonic()
-        if self._retarget is None:  # the encoder (and a switch it has yet to take) lives on
-            self._retarget = Retarget(start, now)
-        if not self.config.adapt:
-            return
-        control = RateControlConfig(
-            max_bitrate_kbps=self.config.max_bitrate_kbps,
-            rtt_ms=(self.probe_result.rtt_ms if self.probe_result else None) or 100.0,
-        )
-        self._controller = RateController(control, start=start, now=now, ladder=self._ladder)
-        if self._encode_rate is None:  # survives reconnects: the machine did not get faster
-            can_go_faster = faster_preset(self._encoder_config(start)) is not None
-            self._encode_rate = EncodeRate(
-                self.config.encode_rate, now=now, can_go_faster=can_go_faster
-            )
+    def _encode_settings(self, plan: EncoderPlan, geometry: _Geometry) -> EncodeSettings:
+        target = plan.target
+        scale = (geometry.width / target.width, geometry.height / target.height)
+        return EncodeSettings(self._encoder_config(plan), plan.frame_share, scale)
 
-    # ---------------------------------------------------------------- connection
-
-    async def _open_stream(self, geometry: _Geometry) -> WebSocket:
-        """Connect and complete the handshake on a fresh protocol connection."""
-        ws = await self._connect()
-        self._proto = p.ClientConnection()
-        self._seq = 0
-        self.ready = None
-        try:
-            await self._handshake(ws, geometry)
-        except BaseException:
-            await ws.close()
-            raise
-        return ws
-
-    async def _reconnect(self, geometry: _Geometry) -> WebSocket | None:
-        """Retry with exponential backoff and full jitter; None if stopped or given up."""
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self.config.reconnect_give_up_s
-        delay = self.config.reconnect_initial_delay_s
-        attempt = 0
-        while not self._stop_requested and loop.time() < give_up_at:
-            attempt += 1
-            await asyncio.sleep(random.uniform(0.5, 1.0) * delay)
-            try:
-                ws = await self._open_stream(geometry)
-            except _FatalRefusal:
-                raise
-            except ShelfStreamError as exc:
-                log.warning("reconnect attempt %d failed: %s", attempt, exc)
-                delay = min(delay * 2, self.config.reconnect_max_delay_s)
-                continue
-            self.stats.reconnects += 1
-            log.info("reconnected after %d attempt(s); resuming with a keyframe", attempt)
-            return ws
-        return None
-
-    async def _connect(self) -> WebSocket:
-        try:
-            ws = await connect(
-                self.config.url,
-                ssl=_client_tls(self.config),
-                compression=None,
-                max_size=p.DEFAULT_MAX_MESSAGE_BYTES + p.HEADER.size,
-                write_limit=self.config.write_limit_bytes,
-                open_timeout=self.config.connect_timeout_s,
-                proxy=None,
-            )
-        except ssl.SSLCertVerificationError as exc:
-            raise ConfigError(
-                f"cannot verify the server's TLS certificate at {self.config.url}: "
-                f"{exc.verify_message}; pass --cafile with the CA that signed it"
-            ) from exc
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            raise ConfigError(f"cannot connect to {self.config.url}: {exc}") from exc
-        _limit_unsent_bytes(ws, self.config.socket_unsent_limit_bytes)
-        return ws
-
-    async def _handshake(self, ws: WebSocket, geometry: _Geometry) -> None:
-        hello = p.Hello(
-            codec=self.config.codec,
-            width=geometry.width,
-            height=geometry.height,
-            fps=geometry.fps,
-            token=self.config.token,
-            client=f"shelf-stream/{__version__}",
-        )
-        try:
-            await ws.send(self._proto.send(hello))
-            message = await asyncio.wait_for(ws.recv(), self.config.connect_timeout_s)
-        except (ConnectionClosed, TimeoutError) as exc:
-            raise ShelfStreamError(
-                f"server closed the connection during the handshake: {exc}"
-            ) from exc
-        self._proto.receive_message(message)
-        for event in self._proto.events_received():
-            if isinstance(event, p.Error):
-                error = _FatalRefusal if event.code in _FATAL_ERRORS else ShelfStreamError
-                raise error(f"server refused the stream: {event.message}")
-            if isinstance(event, p.Ready):
-                self.ready = event
-        if self.ready is None:
-            raise ShelfStreamError("server did not answer the hello with ready")
-        log.info(
-            "connected to %s: model %s, streaming %s %dx%d @ %.3g fps",
-            self.config.url, self.ready.model, self.config.codec, geometry.width,
-            geometry.height, geometry.fps,
-        )  # fmt: skip
-
-    def _open_sinks(self, fps: float) -> None:
-        if self.config.results_path is not None:
-            self._sinks.jsonl = JsonlSink(self.config.results_path)
-        if self.config.save_path is not None:
-            self._sinks.video = AnnotatedVideoSink(self.config.save_path, fps=fps)
-
-    def _close_sinks(self) -> None:
-        if self._sinks.jsonl is not None:
-            self._sinks.jsonl.close()
-        if self._sinks.video is not None:
-            self._sinks.video.close()
-
-    # ------------------------------------------------------------------ pipeline
-
-    async def _run_pipeline(
-        self, ws: WebSocket, source: FrameSource, geometry: _Geometry, start: Target
+    async def _shut_down(
+        self,
+        capture: CaptureThread,
+        worker: EncoderWorker,
+        slot: LatestSlot[CapturedFrame],
+        pump: asyncio.Task[str | None],
+        ticker: asyncio.Task[None],
     ) -> None:
+        """Stop the threads and settle every frame still on its way (bounded in time)."""
         loop = asyncio.get_running_loop()
-        send_queue: asyncio.Queue[_Unit | None] = asyncio.Queue(self.config.send_queue_units)
-        slot: LatestSlot[CapturedFrame] = LatestSlot()
-        capture = CaptureThread(
-            source,
-            slot,
-            fps=start.fps,
-            max_frames=self.config.max_frames,
-            duration_s=self.config.duration_s,
-            on_skipped=lambda captured: _call_soon(loop, self._on_skipped, captured),
-        )
-        self._capture = capture
-        if self._stop_requested:
-            capture.stop()
-        self._start_adaptation(start)
-        stop_encoding = threading.Event()
-        encoder_thread = threading.Thread(
-            target=self._encode_loop,
-            args=(self._encoder_config(start), geometry, slot, send_queue, loop, stop_encoding),
-            name="encoder",
-            daemon=True,
-        )
-        status = asyncio.create_task(self._status_loop(), name="status")
-        timeline = asyncio.create_task(self._timeline_loop(), name="timeline")
-        capture.start()
-        encoder_thread.start()
-        ws_now: WebSocket | None = ws
+        capture.stop()
+        self._conn = None  # what the pump still gets is recorded unsent
         try:
-            while ws_now is not None:
-                finished = await self._serve_connection(ws_now, send_queue)
-                await ws_now.close()
-                if finished or self._stop_requested or not self.config.reconnect:
-                    break
-                self._connection_lost(send_queue)
-                ws_now = await self._reconnect(geometry)
-        finally:
-            capture.stop()
-            stop_encoding.set()
-            slot.close()
-            self._skip_unsent(send_queue)
-            await loop.run_in_executor(None, capture.join)
-            await loop.run_in_executor(None, encoder_thread.join)
-            self._skip_unsent(send_queue)
-            for task in (status, timeline):
-                task.cancel()
-            await asyncio.gather(status, timeline, return_exceptions=True)
-            for record in self.matcher.abandon():
-                self._emit(record)
-            self._end_status()
+            await asyncio.wait_for(asyncio.shield(pump), self.config.shutdown_timeout_s)
+        except TimeoutError:
+            log.warning("the encoder did not finish in time; its last frames are lost")
+            worker.abort()
+            pump.cancel()
+        except Exception:  # the pump's own failure was logged where it happened
+            worker.abort()
+        await asyncio.gather(pump, return_exceptions=True)
+        for thread_join in (capture.join, worker.join):
+            await loop.run_in_executor(None, thread_join, self.config.shutdown_timeout_s)
+        while (captured := slot.get(timeout=0)) is not None:
+            self._emit(skipped(captured.pts, captured.captured_at, ClientReason.UNSENT))
+        for settled in self._matcher.abandon(ClientReason.NO_ANSWER):
+            self._settle(settled)
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+        self._end_status()
         if capture.error is not None:
             raise ShelfStreamError(f"capture failed: {capture.error}") from capture.error
 
-    async def _serve_connection(
-        self, ws: WebSocket, send_queue: asyncio.Queue[_Unit | None]
-    ) -> bool:
-        """Stream on one connection. True when the stream ended (source done, Bye sent,
-        answers in); False when the connection was lost first."""
-        receiver = asyncio.create_task(self._receive_loop(ws), name="receiver")
+    # ----------------------------------------------------------------- connection
+
+    async def _serve(
+        self, conn: StreamConnection, pump: asyncio.Task[str | None], hello: p.Hello
+    ) -> None:
+        """Stream on ``conn``, and on the ones that replace it, until the stream ends."""
+        current: StreamConnection | None = conn
+        while current is not None:
+            self._conn = current
+            receiver = asyncio.create_task(self._receive(current), name="receiver")
+            await asyncio.wait({pump, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if pump.done():  # the stream ended: every frame went to the socket or is settled
+                await self._finish(current, receiver)
+                return
+            self._conn = None
+            await current.close()
+            self._connection_lost()
+            if self.config.connection.reconnect is None or self._stop_requested:
+                return
+            current = await self._reconnect(hello, pump)
+
+    async def _finish(self, conn: StreamConnection, receiver: asyncio.Task[None]) -> None:
+        """Say Bye, wait for the last answers (bounded), close."""
+        self._finishing = True
         try:
-            if not await self._send_loop(ws, send_queue, receiver):
-                return False
-            await ws.send(self._proto.send(p.Bye()))
-            await self._wait_answers(receiver)
-            return True
-        except ConnectionClosed as exc:
-            log.warning("the server closed the connection: %s", exc)
-            return False
+            await asyncio.wait_for(conn.send(p.Bye()), self.config.end_answer_timeout_s)
+            done, _ = await asyncio.wait({receiver}, timeout=self.config.end_answer_timeout_s)
+            if not done and len(self._matcher):
+                log.warning(
+                    "%d frames unanswered %.1f s after the last one was sent",
+                    len(self._matcher), self.config.end_answer_timeout_s,
+                )  # fmt: skip
+        except (ConnectionClosed, TimeoutError):
+            pass  # the server went first; what it did not answer is settled as lost
         finally:
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
+            self._conn = None
+            await conn.close()
 
-    def _connection_lost(self, send_queue: asyncio.Queue[_Unit | None]) -> None:
-        """Frames in flight are lost; unsent ones are skipped; the next one is a keyframe."""
-        for record in self.matcher.abandon():
-            self._emit(record)
-        self._skip_unsent(send_queue)
-        if self.config.max_in_flight:
-            self._in_flight = threading.Semaphore(self.config.max_in_flight)
-        self._keyframe_wanted.set()
-        if self._controller is not None and self._retarget is not None:
-            # A new connection numbers its messages from 0 again: start a fresh estimate.
-            self._start_adaptation(self._retarget.current)
+    def _connection_lost(self) -> None:
+        """Frames in flight are lost; the next connection starts with a keyframe."""
+        for settled in self._matcher.abandon(ClientReason.CONNECTION_CLOSED):
+            self._settle(settled)
+        self._await_keyframe = True
 
-    def _skip_unsent(self, send_queue: asyncio.Queue[_Unit | None]) -> None:
-        """Record encoded but never sent frames (each pts still ends as one record)."""
-        while not send_queue.empty():
-            unit = send_queue.get_nowait()
-            if unit is None:
-                send_queue.put_nowait(None)  # keep the end marker for the next sender
-                return
-            captured = unit.captured
-            self._emit(FrameRecord(captured.pts, captured.captured_at, "skipped", reason="unsent"))
-
-    def _encode_loop(
-        self,
-        config: EncoderConfig,
-        geometry: _Geometry,
-        slot: LatestSlot[CapturedFrame],
-        send_queue: asyncio.Queue[_Unit | None],
-        loop: asyncio.AbstractEventLoop,
-        stop: threading.Event,
-    ) -> None:
-        """Encoder thread: owns the encoder; slot → access unit → send queue."""
-        told_sender = False
-        encoder: Encoder | None = None
-        thinner = FrameThinner()
-        try:
-            encoder = get_encoder(config)
-            while not stop.is_set():
-                # The permit goes back to the semaphore it came from (a reconnect
-                # replaces ``_in_flight``).
-                in_flight = self._in_flight
-                if in_flight is not None and not in_flight.acquire(timeout=0.1):
-                    continue  # stop-and-wait: the previous frame is not answered yet
-                captured = slot.get(timeout=0.1)
-                if captured is None:
-                    if in_flight is not None:
-                        in_flight.release()
-                    if slot.closed:
-                        # The source ended: every unit is queued, then the end marker.
-                        told_sender = _put_blocking(send_queue, None, loop, stop)
-                        return
-                    continue
-                encoder, config = self._maybe_switch_encoder(encoder, config)
-                keyframe = self._keyframe_wanted.is_set()
-                share = self._retarget.frame_share if self._retarget is not None else 1.0
-                if not keyframe and not thinner.admit(share):
-                    # Below the encoder's rate: fewer frames, each with its full budget.
-                    if in_flight is not None:
-                        in_flight.release()
-                    _call_soon(loop, self._on_thinned, captured)
-                    continue
-                self._keyframe_wanted.clear()
-                started = time.perf_counter()
-                encoded = encoder.encode(captured.frame, captured.pts, keyframe=keyframe)
-                unit = _Unit(
-                    encoded,
-                    captured,
-                    (time.perf_counter() - started) * 1000,
-                    config.bitrate_kbps,
-                    config.fps,
-                    scale=(geometry.width / config.width, geometry.height / config.height),
-                )
-                if not _put_blocking(send_queue, unit, loop, stop):
-                    return
-        except ShelfStreamError as exc:
-            log.error("encoder failed: %s", exc)
-        finally:
-            if encoder is not None:
-                encoder.close()
-            if not told_sender:
-                loop.call_soon_threadsafe(_put_end, send_queue)
-
-    def _maybe_switch_encoder(
-        self, encoder: Encoder, config: EncoderConfig
-    ) -> tuple[Encoder, EncoderConfig]:
-        """Encoder thread: apply a new target; the new encoder starts with a keyframe."""
-        target = self._retarget.take() if self._retarget is not None else None
-        if target is None:
-            return encoder, config
-        new_config = self._encoder_config(target)
-        new_encoder = get_encoder(new_config)
-        encoder.close()
-        return new_encoder, new_config
-
-    async def _send_loop(
-        self, ws: WebSocket, send_queue: asyncio.Queue[_Unit | None], receiver: asyncio.Task[None]
-    ) -> bool:
-        """Send until the end marker (True) or until the connection is gone (False)."""
-        while True:
-            next_unit = asyncio.ensure_future(send_queue.get())
-            await asyncio.wait({next_unit, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if receiver.done():
-                if not next_unit.cancel() and next_unit.result() is not None:
-                    send_queue.put_nowait(next_unit.result())  # not ours to lose
-                return False  # the server went away or refused us; the receiver says why
-            unit = next_unit.result()
-            if unit is None:
-                return True
-            await self._send_unit(ws, unit)
-
-    async def _send_unit(self, ws: WebSocket, unit: _Unit) -> None:
-        encoded, captured = unit.encoded, unit.captured
-        message = self._proto.send(
-            p.Video(
-                self._seq,
-                encoded.pts,
-                round(captured.captured_at * 1_000_000),
-                encoded.keyframe,
-                encoded.data,
+    async def _reconnect(
+        self, hello: p.Hello, pump: asyncio.Task[str | None]
+    ) -> StreamConnection | None:
+        """Retry with backoff; None once stopped, the stream ended, or the limit passed."""
+        policy = self.config.connection.reconnect
+        assert policy is not None
+        backoff = Backoff(policy, time.monotonic())
+        log.warning("reconnecting (for up to %.0f s)", policy.give_up_s)
+        while not self._stop_requested:
+            delay = backoff.next_delay(time.monotonic())
+            if delay is None:
+                log.error("the server stayed unreachable for %.0f s; giving up", policy.give_up_s)
+                return None
+            if await _ends_within(pump, delay):
+                return None  # stopped while disconnected: nothing more will be sent
+            attempt = asyncio.ensure_future(
+                self._open_connection(hello, max(0.1, backoff.time_left(time.monotonic())))
             )
+            await asyncio.wait({attempt, pump}, return_when=asyncio.FIRST_COMPLETED)
+            if not attempt.done():
+                attempt.cancel()
+                await asyncio.gather(attempt, return_exceptions=True)
+                return None
+            try:
+                conn = attempt.result()
+            except ConnectionFailed as exc:
+                log.debug("reconnect attempt %d failed: %s", backoff.attempts, exc)
+                continue
+            self.stats.reconnects += 1
+            log.info("reconnected after %d attempt(s); resuming with a keyframe", backoff.attempts)
+            self._on_new_connection(conn)
+            return conn
+        return None
+
+    async def _open_connection(
+        self, hello: p.Hello, timeout_s: float | None = None
+    ) -> StreamConnection:
+        cfg = self.config
+        return await open_connection(
+            cfg.url, cfg.connection, hello, cafile=cfg.cafile, timeout_s=timeout_s
         )
+
+    def _on_new_connection(self, conn: StreamConnection) -> None:
         now = time.monotonic()
-        self.matcher.sent(
+        self.ready = conn.ready
+        if self._adaptation is not None:
+            self._adaptation.on_connected(now, rtt_ms=self._probe_rtt_ms())
+        if self._worker is not None:
+            self._worker.send(ForceKeyframe())
+
+    # ---------------------------------------------------------------- outbox → socket
+
+    async def _pump(self, outbox: Outbox) -> str | None:
+        """Forward the encoder's output until its last item; returns its error, if any."""
+        while True:
+            item = await outbox.get()
+            if isinstance(item, WorkerEnded):
+                return item.error
+            if isinstance(item, FrameNotEncoded):
+                captured = item.captured
+                self._emit(skipped(captured.pts, captured.captured_at, item.reason))
+                continue
+            await self._forward(item)
+
+    async def _forward(self, unit: EncodedUnit) -> None:
+        conn = self._conn
+        if conn is None or (self._await_keyframe and not unit.encoded.keyframe):
+            self._unsent(unit)
+            return
+        self._await_keyframe = False
+        encoded, captured = unit.encoded, unit.captured
+        now = time.monotonic()
+        seq, conn.seq = conn.seq, conn.seq + 1
+        capture_us = round(captured.captured_at * 1e6)
+        message = conn.proto.send(
+            p.Video(seq, encoded.pts, capture_us, encoded.keyframe, encoded.data)
+        )
+        # Registered before the send: the answer may come before ``send`` returns.
+        for settled in self._matcher.sent(
             encoded.pts,
             captured.captured_at,
             encode_ms=unit.encode_ms,
             size_bytes=len(encoded.data),
             keyframe=encoded.keyframe,
             scale=unit.scale,
-            payload=captured.frame if self.config.save_path else None,
-        )
+            payload=captured.frame if self._video is not None else None,
+        ):
+            self._settle(settled)
         self.stats.on_sent(now, len(encoded.data), encoded.keyframe)
-        self._bitrate_fit.on_encoded(len(encoded.data), unit.encoder_kbps, unit.encoder_fps, now)
-        if self._controller is not None:
-            self._controller.on_sent(self._seq, len(message), now, keyframe=encoded.keyframe)
-        if self._encode_rate is not None:
-            self._encode_rate.on_encoded(unit.encode_ms, now)
-            self._check_encode_rate(now)
-        self._seq += 1
-        await ws.send(message)
+        adaptation = self._adaptation
+        if adaptation is not None:
+            adaptation.on_encoded(
+                len(encoded.data), unit.encode_ms, now,
+                encoder_kbps=unit.config.bitrate_kbps, fps=unit.config.fps,
+            )  # fmt: skip
+            adaptation.on_sent(seq, len(message), now, keyframe=encoded.keyframe)
+            self._apply_adaptation()
+        with contextlib.suppress(ConnectionClosed):  # the receiver sees it and says why
+            await conn.ws.send(message)
 
-    async def _wait_answers(self, receiver: asyncio.Task[None]) -> None:
-        """After Bye: wait until every sent pts is answered or the server closes."""
+    def _unsent(self, unit: EncodedUnit) -> None:
+        captured = unit.captured
+        self._grant_send()
+        self._emit(skipped(captured.pts, captured.captured_at, ClientReason.UNSENT))
+
+    # ------------------------------------------------------------------ socket → us
+
+    async def _receive(self, conn: StreamConnection) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(receiver), self.config.answer_timeout_s)
-        except TimeoutError:
-            log.warning(
-                "%d frames unanswered after %.0f s", len(self.matcher), self.config.answer_timeout_s
-            )
-
-    # ------------------------------------------------------------------- answers
-
-    async def _receive_loop(self, ws: WebSocket) -> None:
-        try:
-            async for message in ws:
-                self._proto.receive_message(message)
-                for event in self._proto.events_received():
-                    self._handle(event)
+            async for event in conn.events():
+                self._handle(event)
+        except ConnectionClosedOK:
+            if not self._finishing:
+                log.warning("the server closed the connection")
         except ConnectionClosed as exc:
             log.warning("connection lost: %s", exc)
         except RemoteProtocolError as exc:
-            log.error("server broke the protocol: %s", exc)
+            log.error("the server broke the protocol: %s", exc)
 
     def _handle(self, event: p.Event) -> None:
         now = time.monotonic()
         if isinstance(event, p.Result):
-            self._answered(self.matcher.on_result(event, now))
+            self._settle(self._matcher.on_result(event, now))
         elif isinstance(event, p.Dropped):
-            self._answered(self.matcher.on_dropped(event, now))
+            self._settle(self._matcher.on_dropped(event, now))
         elif isinstance(event, p.Feedback):
-            self._on_feedback(event, now)
+            if self._adaptation is not None:
+                self._adaptation.on_feedback(event.arrivals, now)
+                self._apply_adaptation()
         elif isinstance(event, p.KeyframeRequest):
-            self.stats.keyframe_requests += 1
-            # Rate-limited: a keyframe costs several frames' bytes, and one already on
-            # its way answers every request made before it arrives.
-            if now - self._last_keyframe_forced >= self.config.keyframe_min_interval_s:
-                log.info("server asked for a keyframe (%s)", event.reason.name.lower())
-                self._last_keyframe_forced = now
-                self._keyframe_wanted.set()
+            self._on_keyframe_request(event, now)
         elif isinstance(event, p.Error):
             log.error("server error: %s", event.message)
 
-    def _answered(self, record: FrameRecord | None) -> None:
-        if record is None:
+    def _on_keyframe_request(self, event: p.KeyframeRequest, now: float) -> None:
+        self.stats.keyframe_requests += 1
+        # Rate-limited: a keyframe costs several frames' bytes, and one already on its
+        # way answers every request made before it arrives.
+        if now - self._keyframe_forced_at < self.config.keyframe_min_interval_s:
             return
-        if self._in_flight is not None:
-            self._in_flight.release()
-        self._emit(record)
+        log.info("server asked for a keyframe (%s)", event.reason.name.lower())
+        self._keyframe_forced_at = now
+        if self._worker is not None:
+            self._worker.send(ForceKeyframe())
 
-    def _on_feedback(self, feedback: p.Feedback, now: float) -> None:
-        if self._controller is None or self._retarget is None:
+    def _settle(self, settled: Settled[av.VideoFrame] | None) -> None:
+        """A sent frame's fate is known: its permit goes back, its record out."""
+        if settled is None:
             return
-        self._controller.on_feedback(feedback.arrivals, now)
-        # Offer the current target every time, not only when it changed: one the encoder
-        # could not take yet (too soon after a switch) must get through later.
-        self._offer_target(now)
+        self._grant_send()
+        self._emit(settled.record, settled.payload)
 
-    def _check_encode_rate(self, now: float) -> None:
-        assert self._encode_rate is not None and self._retarget is not None
-        change = self._encode_rate.poll(now, self._retarget.current.fps)
-        if change is None:
-            return
-        if change.faster and change.fps is None:
-            log.info(
-                "the encoder reaches %.3g of %.3g fps on this machine: switching to its "
-                "faster preset", change.measured_fps, self._retarget.current.fps,
-            )  # fmt: skip
-        elif change.fps is None:
-            log.info("the encoder keeps up with the capture rate again")
-        else:
-            log.info(
-                "the encoder reaches %.3g of %.3g fps on this machine: its rate control "
-                "now budgets for %g fps",
-                change.measured_fps, self._retarget.current.fps, change.fps,
-            )  # fmt: skip
-        self._offer_target(now)
-
-    def _offer_target(self, now: float) -> None:
-        """Hand the controller's target to the encoder, at the frame rate it reaches."""
-        if self._controller is None or self._retarget is None:
-            return
-        target = self._controller.target(now)
-        rate = self._encode_rate
-        if rate is not None and rate.fps is not None and rate.fps < target.fps:
-            target = replace(target, encode_fps=rate.fps)
-        if rate is not None and rate.faster:
-            target = replace(target, fast_preset=True)
-        if not self._retarget.offer(target, now):
-            return
-        log.info(
-            "adapting: %d kbit/s, %dx%d @ %.3g fps",
-            target.bitrate_kbps, target.width, target.height, target.fps,
-        )  # fmt: skip
-        if self._capture is not None and target.fps != self._capture.fps:
-            self._capture.set_fps(target.fps)
+    def _grant_send(self) -> None:
+        if self.config.max_in_flight is not None and self._worker is not None:
+            self._worker.send(GrantSends(1))
 
     def _on_skipped(self, captured: CapturedFrame) -> None:
-        self._emit(self.matcher.skipped(captured.pts, captured.captured_at))
+        self._emit(skipped(captured.pts, captured.captured_at, ClientReason.SKIPPED_AT_CAPTURE))
 
-    def _on_thinned(self, captured: CapturedFrame) -> None:
-        self._emit(self.matcher.skipped(captured.pts, captured.captured_at, "thinned"))
-
-    def _emit(self, record: FrameRecord) -> None:
+    def _emit(self, record: FrameRecord, frame: av.VideoFrame | None = None) -> None:
         self.stats.on_record(time.monotonic(), record)
-        if self._sinks.jsonl is not None:
-            self._sinks.jsonl.write(record)
-        if self._sinks.video is not None and record.payload is not None:
-            self._sinks.video.write(record, record.payload)
-        for sink in self._sinks.extra:
-            sink(record)
+        if self._results is not None:
+            self._results.write(record)
+        if self._video is not None and frame is not None:
+            self._video.write(record, frame)
+        if self._on_record is not None:
+            self._on_record(record)
 
-    # ---------------------------------------------------------------- reporting
+    # ------------------------------------------------------------------- adaptation
 
-    async def _timeline_loop(self, period_s: float = 0.2) -> None:
-        while True:
-            await asyncio.sleep(period_s)
-            now = time.monotonic()
-            entry: dict[str, Any] = {"t": round(now - self._started_at, 3), "at": now}
-            if self._retarget is not None:
-                current = self._retarget.current
-                entry.update(
-                    target_kbps=round(current.bitrate_kbps),
-                    fps=current.fps,
-                    encode_fps=current.encode_fps,
-                    fast_preset=current.fast_preset,
-                    width=current.width,
-                    height=current.height,
-                )
-            if self._controller is not None:
-                entry["controller"] = self._controller.snapshot(now)
-            self.timeline.append(entry)
-
-    async def _status_loop(self) -> None:
-        if not self.config.status:
+    def _apply_adaptation(self) -> None:
+        """Hand the adaptation's plan to the encoder worker and the capture thread."""
+        adaptation, geometry = self._adaptation, self._geometry_wanted
+        if adaptation is None or geometry is None:
             return
+        while (event := adaptation.next_event()) is not None:
+            _log_adaptation(event)
+        plan = adaptation.plan
+        settings = self._encode_settings(plan, geometry)
+        if settings != self._settings and self._worker is not None:
+            self._settings = settings
+            self._worker.send(Configure(settings))
+        if plan.target.fps != self._capture_fps and self._capture is not None:
+            self._capture_fps = plan.target.fps
+            self._capture.set_fps(plan.target.fps)
+
+    # ------------------------------------------------------------------------ timers
+
+    async def _ticker(self) -> None:
+        """The event loop's timers: the adaptation's, answer expiry, status, timeline."""
+        status_period = 0.5 if self.config.status else None
+        timeline_period = self.config.timeline_period_s
+        now = time.monotonic()
+        next_status = now + status_period if status_period else math.inf
+        next_timeline = now + timeline_period if timeline_period else math.inf
         while True:
-            await asyncio.sleep(0.5)
-            sys.stderr.write("\r" + self.stats.status_line() + "\033[K")
-            sys.stderr.flush()
-            self._status_printed = True
+            now = time.monotonic()
+            adaptation = self._adaptation
+            due = adaptation.get_timer() if adaptation is not None else None
+            if adaptation is not None and due is not None and now >= due:
+                adaptation.handle_timer(now)
+                self._apply_adaptation()
+            for settled in self._matcher.expire(now, self.config.answer_timeout_s):
+                self._settle(settled)
+            if now >= next_status and status_period:
+                self._print_status()
+                next_status = now + status_period
+            if now >= next_timeline and timeline_period:
+                self._record_timeline(now)
+                next_timeline = now + timeline_period
+            wake = min(next_status, next_timeline, now + 0.5)
+            if adaptation is not None and (due := adaptation.get_timer()) is not None:
+                wake = min(wake, due)
+            if (oldest := self._matcher.oldest_captured_at()) is not None:
+                wake = min(wake, oldest + self.config.answer_timeout_s)
+            await asyncio.sleep(max(0.005, wake - time.monotonic()))
+
+    def _record_timeline(self, now: float) -> None:
+        if self._adaptation is None:
+            return
+        entry = {"t": round(now - self._started_at, 3), "at": now}
+        self.timeline.append(entry | self._adaptation.snapshot())
+
+    def _print_status(self) -> None:
+        sys.stderr.write("\r" + self.stats.status_line() + "\033[K")
+        sys.stderr.flush()
+        self._status_printed = True
 
     def _end_status(self) -> None:
         if self._status_printed:
             sys.stderr.write("\n")
 
 
-def _num(value: float | None) -> str:
-    return "?" if value is None else f"{value:.0f}"
+def _log_adaptation(event: Any) -> None:
+    if isinstance(event, EncoderSwitch):
+        target = event.plan.target
+        log.info(
+            "adapting: %d kbit/s, %dx%d @ %.3g fps",
+            target.bitrate_kbps, target.width, target.height, target.fps,
+        )  # fmt: skip
+    elif isinstance(event, EncoderSpeedChanged):
+        change, capture_fps = event.change, event.capture_fps
+        if change.faster and change.fps is None:
+            log.info(
+                "the encoder reaches %.3g of %.3g fps on this machine: switching to its "
+                "faster preset", change.measured_fps, capture_fps,
+            )  # fmt: skip
+        elif change.fps is None:
+            log.info("the encoder keeps up with the capture rate again")
+        else:
+            log.info(
+                "the encoder reaches %.3g of %.3g fps on this machine: its rate control "
+                "now budgets for %g fps", change.measured_fps, capture_fps, change.fps,
+            )  # fmt: skip
 
 
-def _client_tls(config: ClientConfig) -> ssl.SSLContext | None:
-    if not config.url.startswith("wss://"):
-        return None
-    # Certificate and host name are always verified; --cafile only adds a trusted CA.
-    return ssl.create_default_context(cafile=str(config.cafile) if config.cafile else None)
+def _describe(result: ProbeResult) -> str:
+    """The probe's reading, in words a user can act on."""
+    rtt = "?" if result.rtt_ms is None else f"{result.rtt_ms:.0f} ms"
+    if result.beyond_kbps is not None:
+        return (
+            f"RTT {rtt}; the link is faster than the probe can measure "
+            f"(over {result.beyond_kbps / 1000:.0f} Mbit/s)"
+        )
+    if result.throughput_kbps is None:
+        return f"RTT {rtt}, throughput not measured (too few answers)"
+    if not result.reliable:
+        kbps = result.throughput_kbps
+        return f"RTT {rtt}, throughput about {kbps / 1000:.1f} Mbit/s (few answers)"
+    return f"RTT {rtt}, throughput {result.throughput_kbps / 1000:.1f} Mbit/s"
 
 
-_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value
-
-
-def _limit_unsent_bytes(ws: WebSocket, limit: int) -> None:
-    sock = ws.transport.get_extra_info("socket")
-    if sock is None or not sys.platform.startswith("linux") or limit <= 0:
-        return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, limit)
+async def _ends_within(task: asyncio.Task[Any], seconds: float) -> bool:
+    """Wait up to ``seconds``; True if ``task`` finished meanwhile."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    return bool(done)
 
 
 def _call_soon(
     loop: asyncio.AbstractEventLoop, callback: Callable[[CapturedFrame], None], arg: CapturedFrame
 ) -> None:
-    loop.call_soon_threadsafe(callback, arg)
-
-
-def _put_blocking(
-    send_queue: asyncio.Queue[_Unit | None],
-    item: _Unit | None,
-    loop: asyncio.AbstractEventLoop,
-    stop: threading.Event,
-) -> bool:
-    """From the encoder thread: wait for room in the sender's queue. False if stopped."""
-    future = asyncio.run_coroutine_threadsafe(send_queue.put(item), loop)
-    while not stop.is_set():
-        try:
-            future.result(timeout=0.1)
-            return True
-        except TimeoutError:
-            continue
-    future.cancel()
-    return False
-
-
-def _put_end(send_queue: asyncio.Queue[_Unit | None]) -> None:
-    """On abort: tell the sender to stop, making room if the queue is full."""
-    while True:
-        try:
-            send_queue.put_nowait(None)
-            return
-        except asyncio.QueueFull:
-            send_queue.get_nowait()  # only at shutdown, after the encoder stopped
+    with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
+        loop.call_soon_threadsafe(callback, arg)
 
 
 async def run_client(config: ClientConfig) -> dict[str, Any]:

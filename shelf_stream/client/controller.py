@@ -1,8 +1,10 @@
 """Delay-based adaptive bitrate for the video stream, after WebRTC's Google Congestion Control.
 
 Sans-I/O: the client reports what it sent (``on_sent``) and the server's arrival Feedback
-(``on_feedback``), always with its own clock as ``now`` (seconds); ``poll(now)`` returns a new
-encoder target when it changed enough to be worth a reconfiguration. Section numbers refer to
+(``on_feedback``), always with its own clock as ``now`` (seconds), and calls
+``handle_timer(now)`` by ``get_timer()`` (the stall check and the ladder's hold times run
+there); ``target()`` and ``snapshot()`` only read. Whether a new target is worth an encoder
+switch is ``adaptation.Retarget``'s business. Section numbers refer to
 draft-ietf-rmcat-gcc-02 ("A Google Congestion Control Algorithm for Real-Time
 Communication"); where this differs from the draft it says why.
 
@@ -112,10 +114,8 @@ class RateControlConfig:
     keyframe_shadow_max_s: float = 0.25
     # No Feedback for this long while frames are outstanding: halve the rate.
     stall_timeout_s: float = 1.0
-    # Publishing targets (``poll``).
-    min_change: float = 0.05
-    min_interval_s: float = 0.2
-    urgent_decrease: float = 0.15  # a drop this large is published at once
+    # ``handle_timer`` is due this often (the stall check, the ladder's hold times).
+    tick_s: float = 0.1
     # Ladder hysteresis.
     down_hold_s: float = 1.0
     up_factor: float = 1.2
@@ -684,8 +684,7 @@ class RateController:
         self._drain_ceiling = self.aimd.kbps
         self._drain_rate = DeliveryRate()
         self._blind_until = -math.inf  # server time: delay samples skipped (a keyframe)
-        self._published = self._make_target()
-        self._published_at = now
+        self._next_tick = now + config.tick_s
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -717,38 +716,26 @@ class RateController:
     def set_rtt_ms(self, rtt_ms: float) -> None:
         self.aimd.rtt_s = rtt_ms / 1000
 
-    # -- outputs --------------------------------------------------------------------------
+    def get_timer(self) -> float:
+        """When ``handle_timer`` is next due."""
+        return self._next_tick
 
-    def target(self, now: float) -> Target:
-        """The current target (for the encoder), whether or not ``poll`` would publish it."""
+    def handle_timer(self, now: float) -> None:
+        """Time passed: check for stalled Feedback and let the ladder's hold times run."""
         self._tick(now)
+
+    # -- outputs (queries: they never change state) ---------------------------------------
+
+    def target(self) -> Target:
+        """The current target for the encoder."""
         return self._make_target()
 
-    def poll(self, now: float) -> Target | None:
-        """A new target when it changed enough to reconfigure the encoder, else None.
-
-        Rung changes come at once (the ladder has its own hysteresis); bitrate changes when
-        they exceed ``min_change`` and ``min_interval_s`` passed, or at once for a drop of
-        ``urgent_decrease`` or more.
-        """
-        target = self.target(now)
-        last = self._published
-        if (target.width, target.height, target.fps) == (last.width, last.height, last.fps):
-            change = (target.bitrate_kbps - last.bitrate_kbps) / last.bitrate_kbps
-            urgent = change <= -self.config.urgent_decrease
-            due = now - self._published_at >= self.config.min_interval_s
-            if abs(change) < self.config.min_change or not (due or urgent):
-                return None
-        self._published, self._published_at = target, now
-        return target
-
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         """State for logs and the timeline plot."""
-        target = self.target(now)
+        target = self.target()
         received = self._received_kbps()
         capacity = self.aimd.capacity.estimate
         return {
-            "t": now,
             "target_kbps": round(self.aimd.kbps, 1),
             "encoder_kbps": round(target.bitrate_kbps, 1),
             "receive_kbps": None if received is None else round(received, 1),
@@ -832,6 +819,7 @@ class RateController:
         return self._rate.kbps(window)
 
     def _tick(self, now: float) -> None:
+        self._next_tick = now + self.config.tick_s
         self._check_stall(now)
         self.ladder.update(self._sustainable_kbps(), now)
 

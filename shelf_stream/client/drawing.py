@@ -8,7 +8,7 @@ Colours are plain channel triples, so they work the same on RGB and BGR images.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from types import ModuleType
 from typing import Literal
@@ -171,19 +171,26 @@ def _draw_label_cv2(
     cv2.putText(image, text, origin, font, font_scale, _text_color(color), 1, cv2.LINE_AA)
 
 
+def _label(labels: Sequence[str] | Mapping[int, str], class_id: int) -> str:
+    if isinstance(labels, Mapping):
+        return labels.get(class_id, str(class_id))
+    return labels[class_id] if 0 <= class_id < len(labels) else str(class_id)
+
+
 def draw_detections(
     image: np.ndarray,
     boxes: np.ndarray,
     scores: np.ndarray,
     class_ids: np.ndarray,
-    labels: Sequence[str],
+    labels: Sequence[str] | Mapping[int, str],
     *,
     font: Font = "auto",
 ) -> None:
     """Draw each detection's box and ``"name score"`` label onto ``image`` in place.
 
     ``image`` is HxWx3 uint8; ``boxes`` (N, 4) x1 y1 x2 y2 in image pixels;
-    ``labels[class_id]`` names a class (ids past the end are shown as numbers).
+    ``labels[class_id]`` names a class (a sequence by id, or a mapping; ids it lacks are
+    shown as numbers).
     ``font`` forces a text renderer; ``auto`` uses OpenCV when available.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -202,7 +209,7 @@ def draw_detections(
         cid = int(class_id)
         color = color_for(cid)
         draw_box(image, bounds, color)
-        name = labels[cid] if 0 <= cid < len(labels) else str(cid)
+        name = _label(labels, cid)
         text = label_text(name, float(score))
         if use_cv2 and cv2 is not None:
             _draw_label_cv2(cv2, image, bounds, text, color)

@@ -67,6 +67,8 @@ class ProbeResult:
 
     ``reliable`` is False when the throughput comes from too few answers or too short a
     spread (lost acks, the deadline, a link faster than the budget can measure).
+    ``beyond_kbps`` is set when enough answers came but the burst crossed too fast to time
+    (loopback, a LAN): the link carries more than that, the most the probe can measure.
     """
 
     rtt_ms: float | None
@@ -74,6 +76,7 @@ class ProbeResult:
     bytes_sent: int
     duration_ms: float
     reliable: bool
+    beyond_kbps: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,7 @@ class BandwidthProbe:
         self._end: float | None = None
         self._throughput_kbps: float | None = None
         self._reliable = False
+        self._beyond_kbps: float | None = None
 
     @property
     def done(self) -> bool:
@@ -161,6 +165,7 @@ class BandwidthProbe:
             bytes_sent=self._bytes_sent,
             duration_ms=(self._end - self._start) * 1000,
             reliable=self._reliable and self._rtt_s is not None,
+            beyond_kbps=self._beyond_kbps,
         )
 
     # -- internals ---------------------------------------------------------------------------
@@ -236,9 +241,10 @@ class BandwidthProbe:
         crossed = sum(self._sent[i].size for i in range(low + 1, high + 1))
         self._throughput_kbps = crossed * 8 / span_s / 1000
         cfg = self.config
-        self._reliable = (
-            len(answered) >= cfg.min_acks and span_s * 1000 >= cfg.min_reliable_spread_ms
-        )
+        enough = len(answered) >= cfg.min_acks
+        self._reliable = enough and span_s * 1000 >= cfg.min_reliable_spread_ms
+        too_fast = enough and not self._reliable
+        self._beyond_kbps = crossed * 8 / cfg.min_reliable_spread_ms if too_fast else None
 
     def _finish(self, now: float) -> None:
         if self._phase is _Phase.BURST and self._throughput_kbps is None:

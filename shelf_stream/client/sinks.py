@@ -1,4 +1,17 @@
-"""Where frame records go: a JSON-lines file and an annotated video."""
+"""Where frame records go: a JSON-lines file and an annotated video, each in its own thread.
+
+Each sink owns its file and its thread; the event loop only puts into the sink's bounded
+queue and never waits on disk or on an encoder. The rules (docs/design.md, "Sinks"):
+
+- ``write`` never blocks. A full queue loses that item, counted and logged once at close:
+  the results file loses a line only when the disk stalls for ``max_queued`` frames; the
+  video, a record and not the live path, skips frames while its encoder is behind.
+- A failure (disk full, an encoder error) is logged once; the sink then discards what it
+  is given, and the stream goes on.
+- ``close(timeout_s)`` always returns within about ``timeout_s``: what is still queued by
+  then is dropped (and counted), and the file is finished (the MP4 gets its index) with
+  what was written.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +19,25 @@ import json
 import logging
 import queue
 import threading
+import time
+from abc import ABC, abstractmethod
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 import av
 import numpy as np
 
 from shelf_stream.client.drawing import draw_detections
-from shelf_stream.client.matcher import FrameRecord
+from shelf_stream.client.matcher import FrameRecord, Outcome, reason_name
 from shelf_stream.codec.base import TIME_BASE
 
 log = logging.getLogger("shelf_stream.client")
+
+T = TypeVar("T")
+
+#: The end marker in a sink's queue.
+_END = object()
 
 
 def record_to_json(record: FrameRecord) -> dict[str, Any]:
@@ -29,7 +49,8 @@ def record_to_json(record: FrameRecord) -> dict[str, Any]:
         "dropped": record.dropped,
     }
     if record.dropped:
-        line["reason"] = record.reason
+        line["status"] = record.status.value
+        line["reason"] = reason_name(record.reason) if record.reason is not None else None
     else:
         line["server_ms"] = {
             "decode": record.decode_ms,
@@ -49,80 +70,181 @@ def record_to_json(record: FrameRecord) -> dict[str, Any]:
     return line
 
 
-class JsonlSink:
-    """Writes one JSON line per frame; buffered, flushed on close."""
+class _ThreadSink(ABC, Generic[T]):
+    """A bounded queue drained by one thread that alone owns the sink's file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_queued: int, name: str) -> None:
         self.path = path
-        self._file: IO[str] = path.open("w", encoding="utf-8", buffering=1 << 16)
-        self.lines = 0
-
-    def write(self, record: FrameRecord) -> None:
-        self._file.write(json.dumps(record_to_json(record), separators=(",", ":")) + "\n")
-        self.lines += 1
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class AnnotatedVideoSink:
-    """Draws each answered frame's detections and encodes an H.264 MP4, in its own thread.
-
-    Its queue holds ``max_queued`` frames; if encoding falls behind, newer frames are
-    not written (the file is a record, not the live path) and the count is logged.
-    """
-
-    def __init__(self, path: Path, *, fps: float, max_queued: int = 64) -> None:
-        self.path = path
-        self.fps = fps
-        self._queue: queue.Queue[tuple[FrameRecord, av.VideoFrame] | None] = queue.Queue(max_queued)
-        self.frames_written = 0
-        self.frames_not_written = 0
-        self._thread = threading.Thread(target=self._run, name="annotate", daemon=True)
+        self.items_dropped = 0  # queue full, or left when close timed out
+        self.failed = False
+        self._queue: queue.Queue[Any] = queue.Queue(max_queued)
+        self._give_up = threading.Event()  # close timed out: discard the rest
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._closed = False
         self._thread.start()
 
-    def write(self, record: FrameRecord, frame: av.VideoFrame) -> None:
+    def _put(self, item: T) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.path}: sink is closed")
         try:
-            self._queue.put_nowait((record, frame))
+            self._queue.put_nowait(item)
         except queue.Full:
-            self.frames_not_written += 1
+            self.items_dropped += 1
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if self.frames_not_written:
-            log.warning(
-                "%s: %d frames not written (encoder behind)", self.path, self.frames_not_written
-            )
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Finish the file with what was written; returns within about ``timeout_s``."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout_s
+        while True:  # the thread always drains, so room comes
+            try:
+                self._queue.put(_END, timeout=max(0.01, deadline - time.monotonic()))
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    self._give_up.set()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._give_up.set()
+            self._thread.join(timeout_s)  # finishing the file is short: no more encoding
+        self._report()
 
     def _run(self) -> None:
-        container = av.open(str(self.path), "w")
-        stream: Any = None
         try:
-            while (item := self._queue.get()) is not None:
-                record, frame = item
-                if stream is None:
-                    stream = container.add_stream(
-                        "libx264", rate=Fraction(self.fps).limit_denominator(1001)
-                    )
-                    stream.width, stream.height = frame.width, frame.height
-                    stream.pix_fmt = "yuv420p"
-                    stream.time_base = TIME_BASE
-                    stream.options = {"preset": "veryfast"}
-                image: np.ndarray = frame.to_ndarray(format="rgb24")
-                _draw(image, record)
-                out = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-                out = out.reformat(format="yuv420p")
-                out.pts = record.pts
-                out.time_base = TIME_BASE
-                container.mux(stream.encode(out))
-                self.frames_written += 1
-            if stream is not None:
-                container.mux(stream.encode(None))
-        except Exception:
-            log.exception("writing the annotated video %s failed", self.path)
+            self._open()
+        except Exception as exc:
+            self._fail(exc)
+        while (item := self._queue.get()) is not _END:
+            if self.failed or self._give_up.is_set():
+                self.items_dropped += 1
+                continue
+            try:
+                self._handle(item)
+            except Exception as exc:
+                self._fail(exc)
+        try:
+            self._finish()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.failed:
+            self.failed = True
+            log.error("%s: writing failed, the stream goes on without it: %s", self.path, exc)
+
+    @abstractmethod
+    def _open(self) -> None: ...
+
+    @abstractmethod
+    def _handle(self, item: T) -> None: ...
+
+    @abstractmethod
+    def _finish(self) -> None: ...
+
+    @abstractmethod
+    def _report(self) -> None: ...
+
+
+class JsonlSink(_ThreadSink[FrameRecord]):
+    """Writes one JSON line per frame (``--results``)."""
+
+    def __init__(self, path: Path, *, max_queued: int = 16384) -> None:
+        self._file: IO[str] | None = None
+        self.lines = 0
+        super().__init__(path, max_queued=max_queued, name="results-writer")
+
+    def write(self, record: FrameRecord) -> None:
+        self._put(record)
+
+    def _open(self) -> None:
+        self._file = self.path.open("w", encoding="utf-8", buffering=1 << 16)
+
+    def _handle(self, item: FrameRecord) -> None:
+        assert self._file is not None
+        self._file.write(json.dumps(record_to_json(item), separators=(",", ":")) + "\n")
+        self.lines += 1
+
+    def _finish(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def _report(self) -> None:
+        if self.items_dropped:
+            log.warning(
+                "%s: %d result lines not written (the disk did not keep up or failed)",
+                self.path, self.items_dropped,
+            )  # fmt: skip
+
+
+class AnnotatedVideoSink(_ThreadSink[tuple[FrameRecord, av.VideoFrame]]):
+    """Draws each answered frame's detections and encodes an H.264 MP4 (``--save``).
+
+    One video frame per Result, at its pts (the file has the stream's timing, gaps
+    included), scaled to ``width`` x ``height``, the frame size the boxes are in.
+    """
+
+    def __init__(
+        self, path: Path, *, width: int, height: int, fps: float, max_queued: int = 32
+    ) -> None:
+        self.width, self.height, self.fps = width, height, fps
+        self.frames_written = 0
+        self.frames_out_of_order = 0
+        self._container: Any = None
+        self._stream: Any = None
+        self._last_pts: int | None = None
+        super().__init__(path, max_queued=max_queued, name="annotate")
+
+    def write(self, record: FrameRecord, frame: av.VideoFrame) -> None:
+        if record.status is Outcome.RESULT:
+            self._put((record, frame))
+
+    def _open(self) -> None:
+        self._container = av.open(str(self.path), "w")
+        stream = self._container.add_stream(
+            "libx264", rate=Fraction(self.fps).limit_denominator(1001)
+        )
+        stream.width, stream.height = self.width, self.height
+        stream.pix_fmt = "yuv420p"
+        # The stream's own clock: no rounding of the pts to 1/fps, which turned frames
+        # captured at an uneven pace into equal timestamps (and a refused mux).
+        stream.codec_context.time_base = TIME_BASE
+        stream.time_base = TIME_BASE
+        # No B-frames and no lookahead: packets come out in order, one per frame.
+        stream.options = {"preset": "veryfast", "tune": "zerolatency"}
+        self._stream = stream
+
+    def _handle(self, item: tuple[FrameRecord, av.VideoFrame]) -> None:
+        record, frame = item
+        if self._last_pts is not None and record.pts <= self._last_pts:
+            self.frames_out_of_order += 1  # an MP4's timestamps must increase
+            return
+        image: np.ndarray = frame.to_ndarray(
+            width=self.width, height=self.height, format="rgb24", interpolation="BILINEAR"
+        )
+        _draw(image, record)
+        out = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+        out.pts = record.pts
+        out.time_base = TIME_BASE
+        self._container.mux(self._stream.encode(out))
+        self._last_pts = record.pts
+        self.frames_written += 1
+
+    def _finish(self) -> None:
+        if self._container is None:
+            return
+        try:
+            if self._stream is not None and not self.failed:
+                self._container.mux(self._stream.encode(None))
         finally:
-            container.close()
+            self._container.close()
+
+    def _report(self) -> None:
+        if self.items_dropped:
+            log.warning(
+                "%s: %d answered frames not written (the video encoder was behind)",
+                self.path, self.items_dropped,
+            )  # fmt: skip
 
 
 def _draw(image: np.ndarray, record: FrameRecord) -> None:
@@ -132,7 +254,5 @@ def _draw(image: np.ndarray, record: FrameRecord) -> None:
     boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float32)
     scores = np.array([d.score for d in dets], np.float32)
     class_ids = np.array([d.class_id for d in dets], np.int32)
-    # draw_detections takes a class-name table indexed by class id.
     names = {d.class_id: d.label or str(d.class_id) for d in dets}
-    table = [names.get(class_id, str(class_id)) for class_id in range(max(names) + 1)]
-    draw_detections(image, boxes, scores, class_ids, table)
+    draw_detections(image, boxes, scores, class_ids, names)

@@ -5,15 +5,18 @@ Every source hands out ``av.VideoFrame`` objects that the caller owns (a fresh f
 often carry ``I``, which would make a downstream encoder emit a keyframe for every frame.
 Frame ``pts`` are whatever the source had; the capture thread stamps its own.
 
-``live`` tells the capture thread how to pace: a live source (a camera) delivers frames
-on its own clock, so the thread just keeps the latest; a non-live source (a file, the
-demo scene, a test pattern) is read as fast as asked, so the thread paces itself.
+``live`` and ``timed`` tell the capture thread how to pace: a live source (a camera)
+delivers frames on its own clock, so the thread just keeps the latest; a timed source (a
+file) is paced by its frames' timestamps (``frame.time``, continuous across ``loop``
+restarts); any other (the demo scene, a test pattern) is read as fast as asked and paced
+at the stream's rate.
 """
 
 from __future__ import annotations
 
 import glob
 import importlib.util
+import logging
 import math
 import sys
 import time
@@ -32,6 +35,8 @@ from av.video.reformatter import VideoReformatter
 
 from shelf_stream.errors import ConfigError, ShelfStreamError
 
+log = logging.getLogger("shelf_stream.client")
+
 SourceKind = Literal["camera", "file", "scene", "testsrc"]
 SOURCE_KINDS: tuple[str, ...] = ("camera", "file", "scene", "testsrc")
 
@@ -41,6 +46,10 @@ _MJPEG_ABOVE_PIXELS = 640 * 480
 
 #: How long a camera may keep answering EAGAIN before we call it stalled.
 _CAMERA_STALL_S = 5.0
+
+#: A frame rate outside (0, this] read from a file is not believed (frames muxed without
+#: timestamps have shown an average rate of 2500).
+MAX_PLAUSIBLE_FPS = 240.0
 
 
 def _own(frame: av.VideoFrame) -> av.VideoFrame:
@@ -53,13 +62,15 @@ class FrameSource(ABC):
     """A source of video frames, read by one thread.
 
     ``width``/``height`` are the native frame size, ``fps`` the native rate when known,
-    ``live`` whether the source runs on its own clock (see the module docstring).
+    ``live`` whether the source runs on its own clock, ``timed`` whether its frames'
+    timestamps pace it (see the module docstring).
     """
 
     width: int
     height: int
     fps: float | None
     live: bool
+    timed: bool = False
 
     @abstractmethod
     def read(self) -> av.VideoFrame | None:
@@ -289,19 +300,49 @@ def _open_file(path: Path) -> _ContainerReader:
     return reader
 
 
+def _plausible_rate(rate: Fraction | float | None) -> float | None:
+    value = float(rate) if rate else 0.0
+    return value if 0 < value <= MAX_PLAUSIBLE_FPS else None
+
+
+def file_rate(stream: av.video.stream.VideoStream, what: str) -> float | None:
+    """A file's frame rate: the container's, else the codec's, else None (the caller's
+    ``--fps``, then 30). Warns once when the container's rate is not believed."""
+    container_rate = stream.average_rate or stream.guessed_rate
+    if (rate := _plausible_rate(container_rate)) is not None:
+        return rate
+    shown = f"{float(container_rate):g}" if container_rate else "none"
+    codec_rate = _plausible_rate(stream.codec_context.framerate)
+    instead = f"the codec's {codec_rate:g} fps" if codec_rate is not None else "--fps, or 30 fps"
+    log.warning(
+        "%s: the container's frame rate (%s) is not plausible; streaming at %s, paced by "
+        "the frames' timestamps", what, shown, instead,
+    )  # fmt: skip
+    return codec_rate
+
+
 class FileSource(FrameSource):
-    """Any file PyAV can read, decoded in order; ``loop=True`` restarts it at the end."""
+    """Any file PyAV can read, decoded in order; ``loop=True`` restarts it at the end.
+
+    Frames keep their own timestamps; after a restart they continue one frame interval
+    after the last frame of the previous pass, so ``frame.time`` never goes back.
+    """
 
     live = False
+    timed = True
 
     def __init__(self, path: str | Path, *, loop: bool = False) -> None:
         self.path = Path(path)
         self.loop = loop
         self._reader = _open_file(self.path)
-        ctx = self._reader.stream.codec_context
+        stream = self._reader.stream
+        ctx = stream.codec_context
         self.width, self.height = ctx.width, ctx.height
-        self.fps = self._reader.fps
+        self.fps = file_rate(stream, f"file {self.path}")
         self._frames_this_pass = 0
+        self._pts_offset = 0  # added to every pts of this pass
+        self._last_pts: int | None = None
+        self._step_pts = 1  # the last gap between frames, in the stream's time base
 
     def read(self) -> av.VideoFrame | None:
         frame = self._reader.next_frame()
@@ -312,9 +353,16 @@ class FileSource(FrameSource):
             self._reader = _open_file(self.path)
             self._frames_this_pass = 0
             frame = self._reader.next_frame()
+            if frame is not None and frame.pts is not None and self._last_pts is not None:
+                self._pts_offset = self._last_pts + self._step_pts - frame.pts
         if frame is None:
             return None
         self._frames_this_pass += 1
+        if frame.pts is not None:
+            frame.pts += self._pts_offset
+            if self._last_pts is not None and frame.pts > self._last_pts:
+                self._step_pts = frame.pts - self._last_pts
+            self._last_pts = frame.pts
         return _own(frame)
 
     def close(self) -> None:

@@ -1,39 +1,142 @@
-"""Client-side statistics: a live status line and the final summary."""
+"""Client-side statistics: a live status line and the final summary, in bounded memory.
+
+A stream may run for a week, so nothing here keeps a record per frame:
+
+- counts and sums for every figure of the summary;
+- latency percentiles from a ``QuantileSketch`` (DDSketch, Masson, Rim and Lee, VLDB 2019):
+  logarithmic buckets whose width is a fixed share of their value, so every quantile it
+  returns lies within ``relative_accuracy`` (1 %) of the true one; 807 buckets cover
+  0.01 ms to 100 s whatever the number of frames;
+- the status line's last ``window_s`` seconds as small tuples (no frames, no boxes),
+  capped at ``max_window_records``;
+- detection labels counted up to ``max_labels`` distinct names (a server sends the
+  names: beyond that they count as ``other``).
+"""
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-import numpy as np
-
-from shelf_stream.client.matcher import FrameRecord
+from shelf_stream.client.matcher import FrameRecord, Outcome, reason_name
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
+class QuantileSketch:
+    """Streaming quantiles with a bounded relative error, in fixed memory (DDSketch).
+
+    A value ``v`` in ``[min_value, max_value]`` lands in bucket ``ceil(log_gamma(v))`` with
+    ``gamma = (1 + a) / (1 - a)``; the bucket's representative ``2 gamma^i / (gamma + 1)``
+    is within ``a`` of every value in it. Values below ``min_value`` count as
+    ``min_value``, above ``max_value`` as ``max_value`` (outside a latency's plausible
+    range).
+    """
+
+    def __init__(
+        self,
+        relative_accuracy: float = 0.01,
+        *,
+        min_value: float = 0.01,
+        max_value: float = 1e5,
+    ) -> None:
+        if not 0 < relative_accuracy < 1:
+            raise ValueError("relative_accuracy must be in (0, 1)")
+        if not 0 < min_value < max_value:
+            raise ValueError("need 0 < min_value < max_value")
+        self.relative_accuracy = relative_accuracy
+        self.min_value, self.max_value = min_value, max_value
+        self._gamma = (1 + relative_accuracy) / (1 - relative_accuracy)
+        self._log_gamma = math.log(self._gamma)
+        self._offset = self._key(min_value)
+        self._counts = [0] * (self._key(max_value) - self._offset + 1)
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def buckets(self) -> int:
+        """Memory in use: the number of buckets (fixed at construction)."""
+        return len(self._counts)
+
+    def add(self, value: float) -> None:
+        clamped = min(max(value, self.min_value), self.max_value)
+        self._counts[self._key(clamped) - self._offset] += 1
+        self.count += 1
+
+    def quantile(self, q: float) -> float | None:
+        """The value at rank ``floor(q (n - 1))`` within the relative accuracy; None if empty."""
+        if not 0 <= q <= 1:
+            raise ValueError("q must be in [0, 1]")
+        if self.count == 0:
+            return None
+        rank = math.floor(q * (self.count - 1))
+        seen = 0
+        for index, count in enumerate(self._counts):
+            seen += count
+            if seen > rank:
+                return self._value(index + self._offset)
+        raise AssertionError("counts do not add up")  # unreachable: rank < count
+
+    def _key(self, value: float) -> int:
+        return math.ceil(math.log(value) / self._log_gamma)
+
+    def _value(self, key: int) -> float:
+        return 2 * self._gamma**key / (self._gamma + 1)
 
 
-@dataclass(slots=True)
-class _Window:
-    """Records of the last ``seconds`` for the live status line."""
+class _Mean:
+    __slots__ = ("count", "total")
 
-    seconds: float
-    records: deque[tuple[float, FrameRecord]] = field(default_factory=deque)
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
 
-    def add(self, now: float, record: FrameRecord) -> None:
-        self.records.append((now, record))
-        while self.records and now - self.records[0][0] > self.seconds:
-            self.records.popleft()
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+
+    @property
+    def value(self) -> float | None:
+        return round(self.total / self.count, 2) if self.count else None
+
+
+class _Recent(NamedTuple):
+    at: float
+    result: bool
+    latency_ms: float | None
+    size_bytes: int
+    boxes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatsConfig:
+    """Settings of ``StreamStats``."""
+
+    window_s: float = 2.0  # the status line's window
+    max_window_records: int = 4096
+    relative_accuracy: float = 0.01  # of the latency percentiles
+    max_labels: int = 256
 
 
 class StreamStats:
-    """Accumulates every frame's fate; ``summary()`` gives the final figures."""
+    """Accumulates every frame's fate in bounded memory; ``summary()`` gives the figures."""
 
-    def __init__(self, *, window_s: float = 2.0) -> None:
-        self.records: list[FrameRecord] = []
-        self._window = _Window(window_s)
+    OTHER_LABEL = "other"
+
+    def __init__(self, config: StatsConfig | None = None) -> None:
+        self.config = config or StatsConfig()
+        accuracy = self.config.relative_accuracy
+        self.latency = QuantileSketch(accuracy)
+        self.overhead = QuantileSketch(accuracy)
+        self._recent: deque[_Recent] = deque(maxlen=self.config.max_window_records)
+        self._outcomes: Counter[Outcome] = Counter()
+        self._reasons: Counter[str] = Counter()
+        self._labels: Counter[str] = Counter()
+        self._stages = {stage: _Mean() for stage in ("encode", "decode", "queue", "infer")}
+        self._boxes = 0
+        self.frames = 0
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.bytes_sent = 0
@@ -50,63 +153,86 @@ class StreamStats:
         self.keyframes_sent += keyframe
 
     def on_record(self, now: float, record: FrameRecord) -> None:
-        self.records.append(record)
-        self._window.add(now, record)
+        self.frames += 1
         self.ended_at = now
+        self._outcomes[record.status] += 1
+        if record.reason is not None:
+            self._reasons[reason_name(record.reason)] += 1
+        is_result = record.status is Outcome.RESULT
+        if is_result:
+            self._on_result(record)
+        self._recent.append(
+            _Recent(now, is_result, record.latency_ms, record.size_bytes, len(record.detections))
+        )
+        horizon = now - self.config.window_s
+        while self._recent and self._recent[0].at < horizon:
+            self._recent.popleft()
+
+    def _on_result(self, record: FrameRecord) -> None:
+        if record.latency_ms is not None:
+            self.latency.add(record.latency_ms)
+        if (overhead := record.overhead_ms) is not None:
+            self.overhead.add(overhead)
+        for stage, value in (
+            ("encode", record.encode_ms),
+            ("decode", record.decode_ms),
+            ("queue", record.queue_ms),
+            ("infer", record.infer_ms),
+        ):
+            self._stages[stage].add(value)
+        self._boxes += len(record.detections)
+        for detection in record.detections:
+            label = detection.label or str(detection.class_id)
+            if label not in self._labels and len(self._labels) >= self.config.max_labels:
+                label = self.OTHER_LABEL
+            self._labels[label] += 1
 
     def status_line(self) -> str:
-        window = [r for _, r in self._window.records]
-        if not window:
+        recent = self._recent
+        if not recent:
             return "waiting for results..."
-        span = max(self._window.records[-1][0] - self._window.records[0][0], 1e-3)
-        results = [r for r in window if r.status == "result"]
-        latencies = [r.latency_ms for r in results if r.latency_ms is not None]
-        kbps = sum(r.size_bytes for r in window) * 8 / span / 1000
-        boxes = sum(len(r.detections) for r in results[-1:])
-        p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+        span = max(recent[-1].at - recent[0].at, 1e-3)
+        results = [r for r in recent if r.result]
+        latencies = sorted(r.latency_ms for r in results if r.latency_ms is not None)
+        kbps = sum(r.size_bytes for r in recent) * 8 / span / 1000
+        boxes = results[-1].boxes if results else 0
         return (
             f"{len(results) / span:5.1f} fps  {kbps:7.0f} kbit/s  "
-            f"latency p50 {_ms(p50)} p95 {_ms(p95)}  "
-            f"dropped {len(window) - len(results)}  objects {boxes}"
+            f"latency p50 {_ms(_rank(latencies, 0.5))} p95 {_ms(_rank(latencies, 0.95))}  "
+            f"dropped {len(recent) - len(results)}  objects {boxes}"
         )
 
     def summary(self) -> dict[str, Any]:
-        results = [r for r in self.records if r.status == "result"]
-        latencies = [r.latency_ms for r in results if r.latency_ms is not None]
-        overheads = [o for r in results if (o := r.overhead_ms) is not None]
+        results = self._outcomes[Outcome.RESULT]
         duration = (
             (self.ended_at - self.started_at)
             if self.started_at is not None and self.ended_at is not None
             else 0.0
         )
-        reasons = Counter(r.reason for r in self.records if r.status != "result")
-        labels = Counter(d.label or str(d.class_id) for r in results for d in r.detections)
         return {
             "duration_s": round(duration, 3),
-            "frames": len(self.records),
+            "frames": self.frames,
             "frames_sent": self.frames_sent,
-            "results": len(results),
-            "dropped_by_server": sum(r.status == "dropped" for r in self.records),
+            "results": results,
+            "dropped_by_server": self._outcomes[Outcome.DROPPED],
             # Every frame never sent (skipped at capture, thinned, unsent); see drop_reasons.
-            "skipped_at_capture": sum(r.status == "skipped" for r in self.records),
-            "lost": sum(r.status == "lost" for r in self.records),
-            "drop_reasons": dict(reasons),
-            "fps": round(len(results) / duration, 2) if duration > 0 else 0.0,
+            "skipped_at_capture": self._outcomes[Outcome.SKIPPED],
+            "lost": self._outcomes[Outcome.LOST],
+            "drop_reasons": dict(self._reasons),
+            "fps": round(results / duration, 2) if duration > 0 else 0.0,
             "kbit_per_s": round(self.bytes_sent * 8 / duration / 1000, 1) if duration > 0 else 0.0,
             "bytes_per_frame": round(self.bytes_sent / self.frames_sent) if self.frames_sent else 0,
             "keyframes_sent": self.keyframes_sent,
             "keyframe_requests": self.keyframe_requests,
             "reconnects": self.reconnects,
-            "latency_ms": _percentiles(latencies),
-            "encode_ms_mean": _mean([r.encode_ms for r in results]),
-            "decode_ms_mean": _mean([r.decode_ms for r in results]),
-            "queue_ms_mean": _mean([r.queue_ms for r in results]),
-            "infer_ms_mean": _mean([r.infer_ms for r in results]),
-            "overhead_ms": _percentiles(overheads),
-            "detections_per_frame": round(sum(len(r.detections) for r in results) / len(results), 2)
-            if results
-            else 0.0,
-            "top_labels": dict(labels.most_common(5)),
+            "latency_ms": _percentiles(self.latency),
+            "encode_ms_mean": self._stages["encode"].value,
+            "decode_ms_mean": self._stages["decode"].value,
+            "queue_ms_mean": self._stages["queue"].value,
+            "infer_ms_mean": self._stages["infer"].value,
+            "overhead_ms": _percentiles(self.overhead),
+            "detections_per_frame": round(self._boxes / results, 2) if results else 0.0,
+            "top_labels": dict(self._labels.most_common(5)),
         }
 
 
@@ -133,15 +259,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
+def _percentiles(sketch: QuantileSketch) -> dict[str, float | None]:
     return {
-        f"p{q}": (round(v, 2) if (v := percentile(values, q)) is not None else None)
+        f"p{q}": (round(v, 2) if (v := sketch.quantile(q / 100)) is not None else None)
         for q in (50, 95, 99)
     }
 
 
-def _mean(values: list[float]) -> float | None:
-    return round(float(np.mean(values)), 2) if values else None
+def _rank(ordered: list[float], q: float) -> float | None:
+    return ordered[math.floor(q * (len(ordered) - 1))] if ordered else None
 
 
 def _ms(value: float | None) -> str:

@@ -1,42 +1,88 @@
-"""``shelf-bench soak``: a few seconds of one stream give a well-formed report."""
+"""``shelf-bench soak``: the analysis on literal series, and a short real run of both
+processes with ``--save`` and ``--results``."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from shelf_stream.bench.soak import rss_flatness, run_soak, verdict
+from shelf_stream.bench.soak import (
+    ProcessSample,
+    exactly_once,
+    latency_creep,
+    latency_windows,
+    memory_trend,
+    run_soak,
+    sample_process,
+)
 from shelf_stream.cli import build_bench_parser
 
 
-def test_flatness_compares_thirds_after_the_warm_up() -> None:
-    flat = [(float(t), 100.0 + (50.0 if t < 2 else 0.0)) for t in range(12)]
-    result = rss_flatness(flat, warmup_s=2.0)
-    assert result["growth_mb"] == 0.0 and result["from_s"] == 2.0
-    growing = [(float(t), 100.0 + 10 * t) for t in range(12)]
-    assert rss_flatness(growing, warmup_s=0.0)["growth_pct"] > 5
-    latency = {"p99_first_window_ms": 100.0, "p99_last_window_ms": 110.0}
-    assert verdict(rss_flatness(flat, warmup_s=2.0), latency) == "flat"
-    assert verdict(rss_flatness(growing, warmup_s=0.0), latency).startswith("rising")
+def _samples(rss: list[float], period_s: float = 5.0) -> list[ProcessSample]:
+    return [ProcessSample(i * period_s, mb, 12, 20) for i, mb in enumerate(rss)]
 
 
-@pytest.mark.timeout(120)
-def test_short_soak_reports_series(model_path: Path, tmp_path: Path) -> None:
+def test_memory_trend_after_the_warm_up() -> None:
+    flat = _samples([300.0] * 6 + [150.0] * 120)  # the first 30 s allocate once
+    trend = memory_trend(flat, warmup_s=30.0)
+    assert trend["growth_mb"] == 0.0 and trend["slope_mb_per_min"] == 0.0
+    assert trend["threads"] == [12, 12] and trend["fds"] == [20, 20]
+    leaking = _samples([150.0 + 0.2 * i for i in range(126)])  # 2.4 MB a minute
+    trend = memory_trend(leaking, warmup_s=30.0)
+    assert trend["slope_mb_per_min"] == pytest.approx(2.4, rel=0.01)
+    assert trend["growth_mb"] > 20
+    assert memory_trend(_samples([1.0, 2.0]), warmup_s=0.0)["slope_mb_per_min"] is None
+
+
+def test_latency_windows_and_creep() -> None:
+    lines = [
+        {"pts": i, "time_s": i / 10, "dropped": False, "latency_ms": 50.0 + (i >= 100) * 10}
+        for i in range(200)
+    ] + [{"pts": 999, "time_s": 19.95, "dropped": True, "latency_ms": None}]
+    series = latency_windows(lines, window_s=10.0)
+    assert [w["frames"] for w in series] == [100, 101]
+    assert [w["results"] for w in series] == [100, 100]
+    creep = latency_creep(series)
+    assert (creep["p95_first_ms"], creep["p95_last_ms"]) == (50.0, 60.0)
+    assert creep["p95_change"] == pytest.approx(0.2)
+
+
+def test_exactly_once_counts_duplicates_and_missing() -> None:
+    lines = [{"pts": pts} for pts in (0, 3000, 6000)]
+    assert exactly_once(lines, captured=3)["ok"]
+    assert not exactly_once(lines, captured=4)["ok"], "a captured pts is missing"
+    twice = exactly_once([*lines, {"pts": 3000}], captured=3)
+    assert twice["duplicates"] == 1 and not twice["ok"]
+
+
+def test_sampling_reads_this_process() -> None:
+    sample = sample_process(os.getpid(), 1.0)
+    assert sample is not None and sample.rss_mb > 10 and sample.threads >= 1 and sample.fds >= 3
+    assert sample_process(2**22 + 12345, 1.0) is None
+
+
+@pytest.mark.timeout(180)
+def test_short_soak_of_both_processes(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     args = build_bench_parser().parse_args(
-        ["soak", "--duration", "4", "--streams", "1", "--size", "320x240", "--fps", "10",
-         "--window", "1", "--model", str(model_path), "--json", str(out)]
+        ["soak", "--duration", "6", "--size", "320x240", "--fps", "10", "--window", "2",
+         "--sample-period", "1", "--warmup", "1", "--model", str(model_path),
+         "--out", str(tmp_path / "files"), "--json", str(out)]
     )  # fmt: skip
     report = run_soak(args)
     assert json.loads(out.read_text()) == report
-    assert report["server_alive_at_end"]
-    assert report["rss_samples_mb"], "the server's RSS was sampled"
-    assert all(mb > 0 for _, mb in report["rss_samples_mb"])
-    assert report["windows"] and sum(w["results"] for w in report["windows"]) > 0
-    for key in ("first_third_mb", "last_third_mb", "growth_mb", "growth_pct"):
-        assert key in report["rss"]
-    assert {"p99_first_window_ms", "p99_last_window_ms"} <= set(report["latency"])
-    assert isinstance(report["verdict"], str)
-    assert len(report["clients"]) == 1 and report["clients"][0]["results"] > 0
+    assert report["server"]["alive_at_end"]
+    assert report["server"]["samples"], "the server was sampled"
+    (client,) = report["clients"]
+    assert client["exit_code"] == 0
+    assert client["samples"] and all(row[1] > 0 and row[2] > 0 for row in client["samples"])
+    assert client["exactly_once"]["ok"], client["exactly_once"]
+    assert client["video"]["plays"] and client["video"]["frames"] == client["video"]["results"]
+    assert client["exit_delay_s"] is not None and client["exit_delay_s"] < 10
+    assert client["latency_windows"] and sum(w["results"] for w in client["latency_windows"])
+    verdict = report["verdict"]
+    assert verdict["client 0 every pts once"] and verdict["client 0 MP4 plays to the end"]
+    assert "server RSS growth < 10 MB" in verdict

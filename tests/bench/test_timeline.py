@@ -9,12 +9,12 @@ import pytest
 from shelf_stream import protocol as p
 from shelf_stream.bench.link import LinkConfig
 from shelf_stream.bench.timeline import Run, analyse, floor_ms, plot
-from shelf_stream.client.matcher import FrameRecord
+from shelf_stream.client.matcher import FrameRecord, Outcome
 
 
 def _result(t: float, latency_ms: float, *, queue_ms: float = 1.0) -> tuple[float, FrameRecord]:
     record = FrameRecord(
-        round(t * 90_000), t, "result", latency_ms=latency_ms, size_bytes=5000,
+        round(t * 90_000), t, Outcome.RESULT, latency_ms=latency_ms, size_bytes=5000,
         decode_ms=2.0, queue_ms=queue_ms, infer_ms=10.0,
     )  # fmt: skip
     return t, record
@@ -28,7 +28,7 @@ def _run() -> Run:
         # Latency jumps at the drop and settles 1.5 s later.
         latency = 400.0 if 10.0 <= t < 11.5 else 80.0
         records.append(_result(t, latency, queue_ms=30.0 if t == 10.0 else 1.0))
-    records.append((12.0, FrameRecord(1, 12.0, "dropped", reason="too_old")))
+    records.append((12.0, FrameRecord(1, 12.0, Outcome.DROPPED, p.DropReason.TOO_OLD)))
     targets = [
         (i / 5, 4000.0 if i / 5 < 10 else (1500.0 if i / 5 < 23 else 3500.0)) for i in range(150)
     ]
@@ -67,5 +67,7 @@ def test_analysis_finds_settling_recovery_and_utilisation(tmp_path: Path) -> Non
 
 
 def test_detection_labels_survive_in_records() -> None:
-    record = FrameRecord(0, 0.0, "result", detections=(p.Detection(0, 0.9, 0, 0, 1, 1, "person"),))
+    record = FrameRecord(
+        0, 0.0, Outcome.RESULT, detections=(p.Detection(0, 0.9, 0, 0, 1, 1, "person"),)
+    )
     assert record.detections[0].label == "person"

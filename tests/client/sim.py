@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 
 from shelf_stream import protocol as p
 from shelf_stream.bench.link import LinkConfig, LinkModel, LinkStats
-from shelf_stream.client.adaptation import FrameThinner, Retarget
+from shelf_stream.client.adaptation import (
+    Adaptation,
+    AdaptationConfig,
+    EncoderPlan,
+    EncoderSwitch,
+    FrameThinner,
+)
 from shelf_stream.client.controller import RateControlConfig, RateController, Target
 from shelf_stream.client.ladder import Rung
 from shelf_stream.client.probe import PROBE_OVERHEAD_BYTES, BandwidthProbe, ProbeConfig
@@ -200,13 +206,19 @@ class FrameLog:
 
 @dataclass
 class StreamRun:
-    controller: RateController
+    adaptation: Adaptation
     uplink: Uplink
     frames: list[FrameLog] = field(default_factory=list)
     samples: list[tuple[float, Target]] = field(default_factory=list)  # every 100 ms
-    published: list[tuple[float, Target]] = field(default_factory=list)
+    published: list[tuple[float, Target]] = field(default_factory=list)  # encoder switches
     skipped: int = 0
     thinned: int = 0  # frames left out for a frame share below 1
+
+    @property
+    def controller(self) -> RateController:
+        controller = self.adaptation.controller
+        assert controller is not None
+        return controller
 
     def target_at(self, t: float) -> Target:
         return max((s for s in self.samples if s[0] <= t), key=lambda s: s[0])[1]
@@ -239,7 +251,7 @@ class StreamRun:
 
 @dataclass
 class _Encoder:
-    target: Target
+    plan: EncoderPlan
     last_key: float = -math.inf
 
 
@@ -258,24 +270,27 @@ def run_stream(
     keyframe_interval_s: float = 2.0,
     keyframe_factor: float = 3.0,
     server_offset_s: float = SERVER_OFFSET_S,
-    retarget: bool = True,
+    encode_ms: float = 5.0,
 ) -> StreamRun:
     """Stream for ``duration_s`` over a link that follows ``schedule`` [(t, link), ...].
 
-    Crude encoder: a frame is target_kbps / 8 / fps kB, a keyframe ``keyframe_factor`` times
-    that, every ``keyframe_interval_s`` and after each encoder switch. With ``retarget``
-    (as the client does) targets reach the encoder through ``adaptation.Retarget``, and every
-    switch re-opens the encoder (a keyframe, as with libx265); without it every target
-    ``poll`` publishes is applied, with a keyframe only on a change of size or fps.
+    The client's own ``Adaptation`` decides, driven as the client drives it: every sent
+    and encoded frame, every Feedback and its timer go in; its plan says what the crude
+    encoder does. A frame is ``encoder_kbps`` / 8 / fps bytes (it hits its budget; a
+    keyframe is ``keyframe_factor`` times that), encoded in ``encode_ms``; a keyframe comes
+    every ``keyframe_interval_s`` and after each encoder switch (a re-open, as with
+    libx265). Frames are thinned by the plan's share, as the encoder worker does.
     """
     clock = Clock()
-    config = config or RateControlConfig()
-    controller = RateController(config, start=start, now=0.0, ladder=ladder)
+    control = config or RateControlConfig()
+    adaptation = Adaptation(
+        AdaptationConfig(control=control), start=start, now=0.0, ladder=ladder or ()
+    )
+    adaptation.on_connected(0.0, rtt_ms=control.rtt_ms)
     uplink = Uplink(clock, schedule[0][1], lambda seq, t: on_delivered(seq, t), CLIENT_BUFFER_BYTES)
-    run = StreamRun(controller, uplink)
+    run = StreamRun(adaptation, uplink)
     run.published.append((0.0, start))
-    encoder = _Encoder(start)
-    switches = Retarget(start, 0.0) if retarget else None
+    encoder = _Encoder(adaptation.plan)
     thinner = FrameThinner()
     arrivals: list[tuple[int, int]] = []
     seqs = itertools.count()
@@ -284,40 +299,43 @@ def run_stream(
         run.frames[seq].delivery = t
         arrivals.append((seq, server_us(t, server_offset_s)))
 
+    def take_switches() -> None:
+        while (event := adaptation.next_event()) is not None:
+            if isinstance(event, EncoderSwitch):
+                encoder.plan = event.plan
+                encoder.last_key = -math.inf  # a new encoder starts with a keyframe
+                run.published.append((clock.now, event.plan.target))
+
     def feedback() -> None:
         if arrivals:
             batch = tuple(arrivals)
             arrivals.clear()
             delay = uplink.model.config.one_way_delay_s
-            clock.at(clock.now + delay, lambda: controller.on_feedback(batch, clock.now))
+            clock.at(clock.now + delay, lambda: adaptation.on_feedback(batch, clock.now))
         clock.at(clock.now + FEEDBACK_INTERVAL_S, feedback)
+
+    def timer() -> None:
+        adaptation.handle_timer(clock.now)
+        due = adaptation.get_timer()
+        assert due is not None and due > clock.now
+        clock.at(due, timer)
 
     def frame_tick() -> None:
         now = clock.now
-        new = controller.poll(now)
-        if switches is not None:
-            wanted = controller.target(now)
-            new = wanted if switches.offer(wanted, now) else None
-        if new is not None:
-            old = encoder.target
-            rung_changed = (new.width, new.height, new.fps) != (old.width, old.height, old.fps)
-            if switches is not None or rung_changed:
-                encoder.last_key = -math.inf  # a new encoder starts with a keyframe
-            encoder.target = new
-            run.published.append((now, new))
-        target = encoder.target
-        share = switches.frame_share if switches is not None else 1.0
-        if not thinner.admit(share):
+        take_switches()
+        plan = adaptation.plan
+        if not thinner.admit(plan.frame_share):
             run.thinned += 1
         elif uplink.writable:
-            send_frame(target, now)
+            send_frame(encoder.plan, now)
         else:
             run.skipped += 1
-        clock.at(now + 1 / target.fps, frame_tick)
+        clock.at(now + 1 / encoder.plan.target.fps, frame_tick)
 
-    def send_frame(target: Target, now: float) -> None:
+    def send_frame(plan: EncoderPlan, now: float) -> None:
+        fps = plan.target.encode_fps or plan.target.fps
         keyframe = now - encoder.last_key >= keyframe_interval_s - 1e-9
-        size = round(target.bitrate_kbps * 1000 / 8 / target.fps)
+        size = round(plan.encoder_kbps * 1000 / 8 / fps)
         if keyframe:
             size = round(size * keyframe_factor)
             encoder.last_key = now
@@ -326,17 +344,19 @@ def run_stream(
         run.frames.append(
             FrameLog(seq, now, size, keyframe, link.bytes_per_s, link.one_way_delay_s)
         )
-        controller.on_sent(seq, size, now, keyframe=keyframe)
+        adaptation.on_encoded(size, encode_ms, now, encoder_kbps=plan.encoder_kbps, fps=fps)
+        adaptation.on_sent(seq, size, now, keyframe=keyframe)
         uplink.send(seq, size)
 
     def sample() -> None:
-        run.samples.append((clock.now, controller.target(clock.now)))
+        run.samples.append((clock.now, run.controller.target()))
         clock.at(clock.now + 0.1, sample)
 
     for at, link in schedule[1:]:
         clock.at(at, functools.partial(uplink.set_config, link))
     clock.at(0.0, frame_tick)
     clock.at(FEEDBACK_INTERVAL_S, feedback)
+    clock.at(adaptation.get_timer() or 0.0, timer)
     clock.at(0.0, sample)
     clock.run_until(duration_s)
     return run

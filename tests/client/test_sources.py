@@ -313,3 +313,40 @@ def test_open_source(clip: Path) -> None:
 def test_bad_specs(spec: SourceSpec) -> None:
     with pytest.raises(ConfigError):
         open_source(spec)
+
+
+def _write_bogus_rate_clip(path: Path) -> Path:
+    """An MP4 whose frames were muxed 0.4 ms apart: its container claims about 839 fps."""
+    with (
+        av.open("testsrc2=size=160x120:rate=25:duration=1", format="lavfi") as src,
+        av.open(str(path), "w") as out,
+    ):
+        stream = out.add_stream("mpeg4", rate=25)
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 10_000)
+        for index, frame in enumerate(src.decode(video=0)):
+            frame.pts, frame.time_base, frame.pict_type = index * 4, Fraction(1, 10_000), NONE
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_a_file_with_an_implausible_rate_falls_back_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _write_bogus_rate_clip(tmp_path / "bogus.mp4")
+    with caplog.at_level("WARNING"), FileSource(path) as source:
+        assert source.fps is None, "neither the container's nor the codec's rate is believed"
+        assert source.timed
+        frames = _read_all(source)
+    assert len(frames) == 25
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "not plausible" in warnings[0] and "--fps, or 30" in warnings[0]
+
+
+def test_a_looped_file_keeps_its_time_running(clip: Path) -> None:
+    with FileSource(clip, loop=True) as source:
+        times = [f.time for f in _read_all(source, limit=45)]
+    assert all(b > a for a, b in itertools.pairwise(times))
+    assert times[20] - times[19] == pytest.approx(0.1)

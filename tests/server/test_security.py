@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shelf_stream import protocol as p
 from shelf_stream.client.app import ClientConfig, StreamClient
+from shelf_stream.client.connection import ConnectionConfig
 from shelf_stream.client.sources import SourceSpec
 from shelf_stream.engine import EngineConfig, create_detector
 from shelf_stream.engine.base import Detector
@@ -74,7 +75,7 @@ def _client(url: str, **overrides: object) -> StreamClient:
         source=SourceSpec(kind="scene", width=320, height=240, fps=15.0),
         max_frames=20,
         status=False,
-        reconnect=False,
+        connection=ConnectionConfig(reconnect=None),
         **overrides,  # type: ignore[arg-type]
     )
     return StreamClient(config)

@@ -14,6 +14,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from shelf_stream.client.app import ClientConfig, StreamClient
+from shelf_stream.client.connection import ConnectionConfig
 from shelf_stream.client.sources import SourceSpec
 from shelf_stream.engine import EngineConfig, create_detector
 from shelf_stream.engine.base import Detector
@@ -144,7 +145,7 @@ def test_one_port_serves_page_health_and_streams(detector: Detector) -> None:
                     source=SourceSpec(kind="scene", width=320, height=240, fps=15.0),
                     max_frames=10,
                     status=False,
-                    reconnect=False,
+                    connection=ConnectionConfig(reconnect=None),
                 )
             )
             return page, script, health, await client.run()
