@@ -19,16 +19,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shelf_stream.engine import EngineConfig, create_detector  # noqa: E402
+from shelf_stream.engine import EngineConfig, create_detector, resolve_model  # noqa: E402
 from tests.web import cdp  # noqa: E402
 from tests.web.test_browser import run_page  # noqa: E402
 
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 30.0
-    model = (
-        Path(sys.argv[2]) if len(sys.argv) > 2 else REPO.parent / "shared/models/yolox_nano.onnx"
-    )
+    model = resolve_model(sys.argv[2] if len(sys.argv) > 2 else None)  # default: packaged
     browser = cdp.find_chromium()
     if browser is None:
         sys.exit(cdp.INSTALL_HINT)

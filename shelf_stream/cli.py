@@ -55,8 +55,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
-        help="ONNX model path (default: $SHELF_STREAM_MODEL, then the cache, then a "
-        "one-time download of YOLOX-Nano)",
+        help="ONNX model path (default: $SHELF_STREAM_MODEL, else the packaged YOLOX-Nano)",
     )
     group.add_argument(
         "--backend",

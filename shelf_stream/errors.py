@@ -1,4 +1,4 @@
-"""One exception root for the whole package (see DESIGN.md, "Errors")."""
+"""One exception root for the whole package (see docs/design.md, "Errors")."""
 
 from __future__ import annotations
 

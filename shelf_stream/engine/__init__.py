@@ -21,7 +21,6 @@ from shelf_stream.engine.base import (
 from shelf_stream.engine.coco import COCO_CLASSES
 from shelf_stream.engine.models import (
     DEFAULT_MODEL_SHA256,
-    DEFAULT_MODEL_URL,
     MODEL_ENV_VAR,
     default_cache_dir,
     resolve_model,
@@ -73,7 +72,6 @@ __all__ = [
     "BACKENDS",
     "COCO_CLASSES",
     "DEFAULT_MODEL_SHA256",
-    "DEFAULT_MODEL_URL",
     "MODEL_ENV_VAR",
     "Detections",
     "Detector",

@@ -5,7 +5,7 @@ with a fake clock. ``InferenceScheduler`` is the asyncio runner around it: it ow
 detector's worker thread and hands each finished frame back to its stream's callback
 on the event loop.
 
-Drop rules (DESIGN.md): one slot per stream holds its newest decoded frame; a frame
+Drop rules (docs/design.md, "Server"): one slot per stream holds its newest decoded frame; a frame
 replaced before inference is answered ``SUPERSEDED``; a frame older than
 ``max_frame_age_s`` when its batch would start is answered ``TOO_OLD``.
 """

@@ -3,7 +3,6 @@ detectors for both, and real photographs shipped with scikit-image."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,28 +14,11 @@ from shelf_stream.engine.base import Detector
 
 from .make_ultralytics_onnx import make_ultralytics_onnx
 
-TEST_MODEL_ENV = "SHELF_STREAM_TEST_MODEL"
-
-
-def _repo_root() -> Path:
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "pyproject.toml").is_file():
-            return parent
-    raise RuntimeError(f"no pyproject.toml above {here}")
-
 
 @pytest.fixture(scope="session")
-def yolox_model_path() -> Path:
-    """YOLOX-Nano (see shared/models/README.md); a missing model fails, never skips."""
-    default = _repo_root().parent / "shared" / "models" / "yolox_nano.onnx"
-    path = Path(os.environ.get(TEST_MODEL_ENV) or default)
-    if not path.is_file():
-        pytest.fail(
-            f"test model not found at {path}: set {TEST_MODEL_ENV}=/path/to/yolox_nano.onnx "
-            f"or put it at {default}"
-        )
-    return path
+def yolox_model_path(model_path: Path) -> Path:
+    """YOLOX-Nano (see shelf_stream/models/README.md), as the package ships it."""
+    return model_path
 
 
 @pytest.fixture(scope="session")

@@ -1,30 +1,22 @@
-"""Model path resolution; downloads use file:// URLs, nothing touches the network."""
+"""Model path resolution: explicit, environment, then the packaged model (sha256 checked)."""
 
 from __future__ import annotations
 
-import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 
 from shelf_stream.engine.models import (
-    DEFAULT_MODEL_URL,
+    DEFAULT_MODEL_SHA256,
     MODEL_ENV_VAR,
+    checked_default_model,
     default_cache_dir,
+    packaged_model_path,
     resolve_model,
+    sha256_of,
 )
 from shelf_stream.errors import EngineError
-
-PAYLOAD = b"not really onnx, but bytes with a known hash"
-PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
-
-
-@pytest.fixture
-def source(tmp_path: Path) -> Path:
-    path = tmp_path / "remote" / "yolox_nano.onnx"
-    path.parent.mkdir()
-    path.write_bytes(PAYLOAD)
-    return path
 
 
 def _touch(path: Path) -> Path:
@@ -36,29 +28,42 @@ def _touch(path: Path) -> Path:
 def test_explicit_path_wins(tmp_path: Path) -> None:
     explicit = _touch(tmp_path / "mine.onnx")
     env = {MODEL_ENV_VAR: str(_touch(tmp_path / "env.onnx"))}
-    _touch(tmp_path / "cache" / "yolox_nano.onnx")
-    assert resolve_model(explicit, env=env, cache_dir=tmp_path / "cache") == explicit
-    assert resolve_model(str(explicit), env=env, download=False) == explicit
+    assert resolve_model(explicit, env=env) == explicit
+    assert resolve_model(str(explicit), env=env) == explicit
 
 
 def test_missing_explicit_path_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match=r"model file not found: .*nope\.onnx"):
-        resolve_model(tmp_path / "nope.onnx", env={}, download=False)
+        resolve_model(tmp_path / "nope.onnx", env={})
 
 
 def test_env_var_next(tmp_path: Path) -> None:
     env_model = _touch(tmp_path / "env.onnx")
-    _touch(tmp_path / "cache" / "yolox_nano.onnx")
-    env = {MODEL_ENV_VAR: str(env_model)}
-    assert resolve_model(None, env=env, cache_dir=tmp_path / "cache") == env_model
+    assert resolve_model(None, env={MODEL_ENV_VAR: str(env_model)}) == env_model
     with pytest.raises(EngineError, match=MODEL_ENV_VAR):
         resolve_model(None, env={MODEL_ENV_VAR: str(tmp_path / "gone.onnx")})
 
 
-def test_cache_next(tmp_path: Path) -> None:
-    cached = _touch(tmp_path / "cache" / "yolox_nano.onnx")
-    assert resolve_model(None, env={}, cache_dir=tmp_path / "cache", download=False) == cached
-    assert resolve_model("", env={MODEL_ENV_VAR: ""}, cache_dir=tmp_path / "cache") == cached
+def test_the_packaged_model_is_the_default_and_intact() -> None:
+    path = resolve_model(None, env={})
+    assert path == packaged_model_path() and path.name == "yolox_nano.onnx"
+    assert sha256_of(path) == DEFAULT_MODEL_SHA256
+    assert resolve_model("", env={MODEL_ENV_VAR: ""}) == path
+    here = path.parent
+    assert (here / "LICENSE").is_file() and "Apache License" in (here / "LICENSE").read_text()
+    assert "sha256" in (here / "README.md").read_text()
+
+
+def test_a_damaged_or_missing_packaged_model_is_refused(tmp_path: Path) -> None:
+    damaged = tmp_path / "yolox_nano.onnx"
+    shutil.copyfile(packaged_model_path(), damaged)
+    with damaged.open("r+b") as file:
+        file.seek(1000)
+        file.write(b"\0\0\0\0")
+    with pytest.raises(EngineError, match=r"damaged .*reinstall"):
+        checked_default_model(damaged)
+    with pytest.raises(EngineError, match="missing"):
+        checked_default_model(tmp_path / "gone.onnx")
 
 
 def test_default_cache_dir_follows_xdg(tmp_path: Path) -> None:
@@ -66,41 +71,3 @@ def test_default_cache_dir_follows_xdg(tmp_path: Path) -> None:
         tmp_path / "shelf-stream" / "models"
     )
     assert default_cache_dir({}) == Path.home() / ".cache" / "shelf-stream" / "models"
-    cached = _touch(tmp_path / "shelf-stream" / "models" / "yolox_nano.onnx")
-    assert resolve_model(None, env={"XDG_CACHE_HOME": str(tmp_path)}, download=False) == cached
-
-
-def test_download_once_into_the_cache(tmp_path: Path, source: Path) -> None:
-    cache = tmp_path / "cache"
-    got = resolve_model(None, env={}, cache_dir=cache, url=source.as_uri(), sha256=PAYLOAD_SHA)
-    assert got == cache / "yolox_nano.onnx" and got.read_bytes() == PAYLOAD
-    assert sorted(p.name for p in cache.iterdir()) == ["yolox_nano.onnx"]  # no temp left
-    source.unlink()  # a second resolve must not download again
-    assert resolve_model(None, env={}, cache_dir=cache, url=source.as_uri(), sha256="0") == got
-
-
-def test_sha256_mismatch_deletes_the_download(tmp_path: Path, source: Path) -> None:
-    cache = tmp_path / "cache"
-    with pytest.raises(EngineError, match="sha256") as info:
-        resolve_model(None, env={}, cache_dir=cache, url=source.as_uri(), sha256="ab" * 32)
-    assert "--model PATH" in str(info.value)
-    assert list(cache.iterdir()) == []
-
-
-def test_offline_error_says_how_to_supply_a_model(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    missing = (tmp_path / "offline" / "yolox_nano.onnx").as_uri()
-    with pytest.raises(EngineError) as info:
-        resolve_model(None, env={}, cache_dir=cache, url=missing)
-    message = str(info.value)
-    assert "cannot download" in message
-    assert "--model PATH" in message and f"{MODEL_ENV_VAR}=PATH" in message
-    assert str(cache / "yolox_nano.onnx") in message
-    assert DEFAULT_MODEL_URL in message
-    assert list(cache.iterdir()) == []
-
-
-def test_no_download_when_disabled(tmp_path: Path) -> None:
-    with pytest.raises(EngineError, match="downloading is off"):
-        resolve_model(None, env={}, cache_dir=tmp_path / "cache", download=False)
-    assert not (tmp_path / "cache").exists()
