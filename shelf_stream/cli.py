@@ -398,6 +398,9 @@ def _setup_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from shelf_stream.allocator import bound_allocator
+
+    bound_allocator()  # before any thread allocates: long streams keep a flat RSS
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     from shelf_stream.engine.export_cli import run_export

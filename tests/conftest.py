@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,15 +29,11 @@ def model_path() -> Path:
 @pytest.fixture(scope="module")
 def serve_port(model_path: Path) -> Iterator[int]:
     """A real ``shelf-stream serve`` process for the module's tests; yields its port."""
-    from shelf_stream.bench.loopback import free_port, wait_for_port
+    from shelf_stream.bench.loopback import free_port, start_server
 
     port = free_port()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "shelf_stream", "--log-level", "WARNING", "serve",
-         "--host", "127.0.0.1", "--port", str(port), "--model", str(model_path)],
-    )  # fmt: skip
+    serve = start_server(port, str(model_path))
     try:
-        wait_for_port(port, serve)
         yield port
     finally:
         serve.terminate()

@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import pytest
 
-from shelf_stream.bench.loopback import free_port, wait_for_port
+from shelf_stream.bench.loopback import free_port, start_server
 
 #: Generous: these tests run beside the rest of the suite on two cores. The figures the
 #: client reaches alone are in the soak bench's report ("exit: ... after its duration").
@@ -58,12 +58,8 @@ def test_a_lost_server_ends_the_client_after_the_reconnect_limit(
     model_path: Path, tmp_path: Path
 ) -> None:
     port = free_port()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "shelf_stream", "--log-level", "WARNING", "serve",
-         "--host", "127.0.0.1", "--port", str(port), "--model", str(model_path)],
-    )  # fmt: skip
+    serve = start_server(port, str(model_path))
     try:
-        wait_for_port(port, serve)
         results = tmp_path / "r.jsonl"
         send = subprocess.Popen(
             _send(port, "--source", "scene", "--size", "320x240", "--results", str(results),

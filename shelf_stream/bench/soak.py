@@ -231,15 +231,19 @@ def _progress(text: str) -> None:
 
 def memory_trend(samples: list[ProcessSample], warmup_s: float) -> dict[str, Any]:
     """RSS slope (MB/min, least squares) after the warm-up, growth from the first to the
-    last minute (mean of each), and the range of threads and descriptors."""
+    last minute (mean of each), and threads and descriptors: their range, and their
+    median in the first and the last minute (a thread that comes and goes, as an
+    encoder's pool does when it re-opens, is no leak; a count that stays up is)."""
     warm = [s for s in samples if s.t_s >= warmup_s]
     if len(warm) < 3:
         return {"samples": len(warm), "slope_mb_per_min": None, "growth_mb": None}
     t = np.array([s.t_s for s in warm])
     rss = np.array([s.rss_mb for s in warm])
     slope = float(np.polyfit(t / 60, rss, 1)[0])
-    first = rss[t <= t[0] + 60].mean()
-    last = rss[t >= t[-1] - 60].mean()
+    first_minute, last_minute = t <= t[0] + 60, t >= t[-1] - 60
+    first, last = rss[first_minute].mean(), rss[last_minute].mean()
+    threads = np.array([s.threads for s in warm])
+    fds = np.array([s.fds for s in warm])
     return {
         "samples": len(warm),
         "from_s": round(float(t[0]), 1),
@@ -248,8 +252,10 @@ def memory_trend(samples: list[ProcessSample], warmup_s: float) -> dict[str, Any
         "growth_mb": round(float(last - first), 1),
         "slope_mb_per_min": round(slope, 3),
         "rss_max_mb": round(float(rss.max()), 1),
-        "threads": [min(s.threads for s in warm), max(s.threads for s in warm)],
-        "fds": [min(s.fds for s in warm), max(s.fds for s in warm)],
+        "threads": [int(threads.min()), int(threads.max())],
+        "fds": [int(fds.min()), int(fds.max())],
+        "threads_growth": float(np.median(threads[last_minute]) - np.median(threads[first_minute])),
+        "fds_growth": float(np.median(fds[last_minute]) - np.median(fds[first_minute])),
     }
 
 

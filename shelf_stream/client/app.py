@@ -40,6 +40,7 @@ from shelf_stream import protocol as p
 from shelf_stream.client.adaptation import (
     Adaptation,
     AdaptationConfig,
+    AdaptationEvent,
     EncoderPlan,
     EncoderSpeedChanged,
     EncoderSwitch,
@@ -682,7 +683,7 @@ class StreamClient:
             sys.stderr.write("\n")
 
 
-def _log_adaptation(event: Any) -> None:
+def _log_adaptation(event: AdaptationEvent) -> None:
     if isinstance(event, EncoderSwitch):
         target = event.plan.target
         log.info(

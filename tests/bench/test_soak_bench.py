@@ -37,6 +37,15 @@ def test_memory_trend_after_the_warm_up() -> None:
     assert memory_trend(_samples([1.0, 2.0]), warmup_s=0.0)["slope_mb_per_min"] is None
 
 
+def test_threads_that_come_and_go_are_flat_a_count_that_stays_up_is_not() -> None:
+    blips = [ProcessSample(i * 5.0, 100.0, 22 if i % 17 == 0 else 20, 10) for i in range(126)]
+    trend = memory_trend(blips, warmup_s=30.0)
+    assert trend["threads"] == [20, 22] and trend["threads_growth"] == 0.0
+    leak = [ProcessSample(i * 5.0, 100.0, 20 + i // 20, 10 + i // 10) for i in range(126)]
+    trend = memory_trend(leak, warmup_s=30.0)
+    assert trend["threads_growth"] > 0 and trend["fds_growth"] > 0
+
+
 def test_latency_windows_and_creep() -> None:
     lines = [
         {"pts": i, "time_s": i / 10, "dropped": False, "latency_ms": 50.0 + (i >= 100) * 10}

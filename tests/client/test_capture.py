@@ -41,19 +41,23 @@ class _FakeCamera(FrameSource):
         pass
 
 
+class _RecordingSlot(LatestSlot[CapturedFrame]):
+    """A slot that remembers every frame published into it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[CapturedFrame] = []
+
+    def put(self, item: CapturedFrame) -> CapturedFrame | None:
+        self.published.append(item)
+        return super().put(item)
+
+
 def _capture(
     camera_fps: float, stream_fps: float, frames: int, jitter_s: float = 0.002
 ) -> list[CapturedFrame]:
     clock = [100.0]
-    slot: LatestSlot[CapturedFrame] = LatestSlot()
-    published: list[CapturedFrame] = []
-    original_put = slot.put
-
-    def put(item: CapturedFrame) -> CapturedFrame | None:
-        published.append(item)
-        return original_put(item)
-
-    slot.put = put  # type: ignore[method-assign]
+    slot = _RecordingSlot()
     thread = CaptureThread(
         _FakeCamera(clock, camera_fps, frames, jitter_s),
         slot,
@@ -63,7 +67,7 @@ def _capture(
     )
     thread.run()  # in this thread: the fake camera never blocks
     assert thread.error is None
-    return published
+    return slot.published
 
 
 def test_a_camera_at_the_stream_rate_passes_every_frame() -> None:
@@ -93,23 +97,20 @@ def test_a_jittery_camera_at_the_stream_rate_loses_nothing() -> None:
 
 def test_set_fps_reaches_the_capture_thread_through_its_queue() -> None:
     clock = [100.0]
-    slot: LatestSlot[CapturedFrame] = LatestSlot()
-    published: list[CapturedFrame] = []
-    original_put = slot.put
 
-    def put(item: CapturedFrame) -> CapturedFrame | None:
-        published.append(item)
-        if len(published) == 30:
-            thread.set_fps(15.0)  # as the event loop does, mid-stream
-        return original_put(item)
+    class Slot(_RecordingSlot):
+        def put(self, item: CapturedFrame) -> CapturedFrame | None:
+            if len(self.published) == 30:
+                thread.set_fps(15.0)  # as the event loop does, mid-stream
+            return super().put(item)
 
-    slot.put = put  # type: ignore[method-assign]
+    slot = Slot()
     thread = CaptureThread(
         _FakeCamera(clock, 30.0, 90), slot, fps=30.0, on_skipped=lambda _: None,
         clock=lambda: clock[0],
     )  # fmt: skip
     thread.run()
-    assert 30 + 28 <= len(published) <= 30 + 32, "30 frames at 30 fps, then 2 s at 15"
+    assert 30 + 28 <= len(slot.published) <= 30 + 32, "30 frames at 30 fps, then 2 s at 15"
 
 
 # --------------------------------------------------------------------- timed sources
@@ -153,20 +154,12 @@ class _TimedFile(FrameSource):
 
 
 def _capture_timed(source: FrameSource, stream_fps: float) -> tuple[list[CapturedFrame], float]:
-    slot: LatestSlot[CapturedFrame] = LatestSlot()
-    published: list[CapturedFrame] = []
-    original_put = slot.put
-
-    def put(item: CapturedFrame) -> CapturedFrame | None:
-        published.append(item)
-        return original_put(item)
-
-    slot.put = put  # type: ignore[method-assign]
+    slot = _RecordingSlot()
     thread = CaptureThread(source, slot, fps=stream_fps, on_skipped=lambda _: None)
     started = time.monotonic()
     thread.run()
     assert thread.error is None
-    return published, time.monotonic() - started
+    return slot.published, time.monotonic() - started
 
 
 def test_a_file_is_paced_by_its_timestamps() -> None:
