@@ -119,5 +119,5 @@ def test_a_file_with_a_bogus_rate_is_streamed_at_its_fallback_pace(
     lines = _results(results)
     assert len(lines) == 50 and sum(not line["dropped"] for line in lines) >= 40
     # Paced at 25 fps from --fps (the file's own 0.4 ms steps are ignored): 2 s of video.
-    assert [line["pts"] for line in lines] == [i * 3600 for i in range(50)]
+    assert sorted(line["pts"] for line in lines) == [i * 3600 for i in range(50)]
     assert took >= 2.0

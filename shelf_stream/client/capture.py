@@ -184,7 +184,9 @@ class CaptureThread(threading.Thread):
 
     def _capture(self) -> None:
         start = due = self._clock()
-        tick: float | None = None  # live and timed sources: when the next frame is wanted
+        # Live and timed sources: when the next frame is wanted, on the stream's clock (so a
+        # file read late is not decimated for it: only its own timestamps count).
+        tick: float | None = None
         media = MediaClock(self.source.fps or self._fps) if self.source.timed else None
         lag_s = 0.0  # timed sources: how far reading fell behind the file's pace, in all
         while not self._stop_event.is_set():
@@ -212,17 +214,16 @@ class CaptureThread(threading.Thread):
                 self._publish(CapturedFrame(frame, round((due - start) / TIME_BASE), self._clock()))
                 due += 1 / self._fps
                 continue
-            now = self._clock()
-            if tick is not None and self._decimate(tick, now):
+            if tick is not None and self._decimate(tick, pts_s):
                 continue
-            tick = self._next_tick(tick, now)
-            self._publish(CapturedFrame(frame, round(pts_s / TIME_BASE), now))
+            tick = self._next_tick(tick, pts_s)
+            self._publish(CapturedFrame(frame, round(pts_s / TIME_BASE), self._clock()))
 
-    def _next_tick(self, tick: float | None, now: float) -> float:
+    def _next_tick(self, tick: float | None, at_s: float) -> float:
         """Ticks accumulate (a 30 fps camera at 20 gives 20), but never run more than
         half an interval behind a slower camera."""
         interval = 1 / self._fps
-        return now + interval if tick is None else max(tick + interval, now + interval / 2)
+        return at_s + interval if tick is None else max(tick + interval, at_s + interval / 2)
 
     def _warn_once_if_irregular(self, media: MediaClock) -> None:
         if media.irregular and not self._warned_irregular:
@@ -232,8 +233,9 @@ class CaptureThread(threading.Thread):
                 "%.3g fps", 1 / media.fallback_s,
             )  # fmt: skip
 
-    def _decimate(self, due: float, now: float) -> bool:
-        """A source faster than the stream's rate: drop frames that come before their tick.
+    def _decimate(self, tick: float, at_s: float) -> bool:
+        """A source faster than the stream's rate: drop frames that come before their tick
+        (``tick`` and ``at_s``, the frame's time, on the stream's clock).
 
         The encoder budgets its bitrate per frame at the stream's rate, so every extra frame
         would add bits the rate controller never asked for. A fifth of an interval of slack
@@ -242,7 +244,7 @@ class CaptureThread(threading.Thread):
         source_fps = self.source.fps
         if source_fps is not None and self._fps >= 0.9 * source_fps:
             return False  # not faster than the stream: jitter must not cost frames
-        if now >= due - 0.2 / self._fps:
+        if at_s >= tick - 0.2 / self._fps:
             return False
         self.frames_decimated += 1
         return True
