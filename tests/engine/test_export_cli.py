@@ -106,7 +106,7 @@ def test_engine_build_without_tensorrt_names_the_fix(
     yolox_model_path: Path, tmp_path: Path
 ) -> None:
     args = _parse("--onnx", str(yolox_model_path), "--engine", str(tmp_path / "e.engine"))
-    with pytest.raises(EngineError, match=r"pip install 'shelf-stream\[gpu\]'"):
+    with pytest.raises(EngineError, match=r"pip install 'shelf-stream\[gpu-cu12\]'"):
         run_export(args)
 
 
