@@ -169,3 +169,60 @@ def ensure_compatible(cudart: Any) -> CudaVersions:
     versions = read_versions(cudart)
     check_cuda_compatibility(versions)
     return versions
+
+
+# ------------------------------------------------------------- installed packages
+
+
+def _major_of(distribution: str) -> int | None:
+    try:
+        return int(importlib.metadata.version(distribution).split(".", 1)[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+def installed_problems(
+    cuda_major: int,
+    distributions: Callable[[], Iterable[str]] = _installed_distributions,
+    major_of: Callable[[str], int | None] = _major_of,
+) -> list[str]:
+    """Why the installed packages are not the CUDA ``cuda_major`` GPU stack (no GPU or
+    driver needed: an image build runs this). cuda-python (its ``cuda-bindings``) must be
+    that major, and so must a ``tensorrt-cuXX`` wheel if one is installed."""
+    problems = []
+    bindings = major_of("cuda-bindings") or major_of("cuda-python")
+    if bindings is None:
+        problems.append("cuda-python is not installed")
+    elif bindings != cuda_major:
+        problems.append(f"cuda-python is the CUDA {bindings} build, not CUDA {cuda_major}")
+    trt = tensorrt_cuda_major(distributions())
+    if trt is not None and trt != cuda_major:
+        problems.append(f"TensorRT is the tensorrt-cu{trt} wheel, not CUDA {cuda_major}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shelf_stream.engine.cuda_compat``: check this machine's GPU stack (needs
+    the driver), or with ``--installed-for-cuda N`` only the installed packages."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--installed-for-cuda", type=int, metavar="MAJOR")
+    args = parser.parse_args(argv)
+    if args.installed_for_cuda is not None:
+        problems = installed_problems(args.installed_for_cuda)
+        for problem in problems:
+            print(f"cuda_compat: {problem}")
+        return 1 if problems else 0
+    from shelf_stream.engine.cuda_mem import load_cudart
+
+    try:
+        print(ensure_compatible(load_cudart()).describe())
+    except EngineError as exc:
+        print(f"cuda_compat: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

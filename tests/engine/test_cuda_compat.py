@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,22 @@ def test_the_tensorrt_backend_checks_before_allocating(
         tb.build_engine(
             yolox_dynamic_batch_path, tmp_path / "m.engine", trt=FakeTensorRT(), cudart=cudart
         )
+
+
+def test_installed_packages_are_checked_without_a_gpu() -> None:
+    # What the GPU image build runs (no driver there): the packages' CUDA majors.
+    def majors(table: dict[str, int]) -> Callable[[str], int | None]:
+        return lambda name: table.get(name)
+
+    ok = cc.installed_problems(12, lambda: ["tensorrt"], majors({"cuda-bindings": 12}))
+    assert ok == []
+    wrong = cc.installed_problems(
+        12, lambda: ["tensorrt-cu13"], majors({"cuda-bindings": 13, "cuda-python": 13})
+    )
+    assert wrong == [
+        "cuda-python is the CUDA 13 build, not CUDA 12",
+        "TensorRT is the tensorrt-cu13 wheel, not CUDA 12",
+    ]
+    assert cc.installed_problems(12, list, majors({})) == ["cuda-python is not installed"]
+    # Here: no cuda-python at all, and the command says so with exit status 1.
+    assert cc.main(["--installed-for-cuda", "12"]) == 1
