@@ -145,6 +145,9 @@ class FakeCudart:
     def cudaStreamSynchronize(self, stream: FakeStream) -> tuple[CudaError]:
         return (CudaError.cudaSuccess,)
 
+    def cudaDeviceSynchronize(self) -> tuple[CudaError]:
+        return (CudaError.cudaSuccess,)
+
     def cudaStreamDestroy(self, stream: FakeStream) -> tuple[CudaError]:
         self.streams.discard(stream.id)
         return (CudaError.cudaSuccess,)
