@@ -6,9 +6,13 @@
                         [--batch MIN:OPT:MAX] [--workspace-mb N] --engine out.engine
     shelf-stream export --weights model.pt [--imgsz N] [--out model.onnx]
 
-Precision rules (see ``trt_build.BuildOptions``): ``--int8`` needs ``--calib``;
-``--best`` enables every reduced precision, INT8 only with ``--calib`` (without it the
-engine is FP16/BF16 and a warning says so); ``--calib`` alone is an error.
+Precision rules (see ``trt_build.BuildOptions`` and ``trt_build.plan_precisions``):
+``--int8`` needs ``--calib``; ``--calib`` alone is an error. TensorRT 10 enables the
+precisions as builder flags: ``--best`` is FP16, BF16 and (with ``--calib``) INT8.
+TensorRT 11 builds strongly typed from the graph converted first (``graph_precision``):
+``--fp16`` an FP16 graph, ``--int8`` an INT8 Q/DQ graph calibrated on ``--calib``,
+``--best`` INT8 with ``--calib`` else FP16, and ``--fp16 --int8`` together is an error.
+A precision that cannot be honoured is an error, never an FP32 engine.
 """
 
 from __future__ import annotations
@@ -37,12 +41,19 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     source.add_argument("--weights", type=Path, help="Ultralytics .pt checkpoint to export")
     trt = parser.add_argument_group("TensorRT engine (with --onnx)")
     trt.add_argument("--engine", type=Path, help="where to write the engine (a .json sidecar too)")
-    trt.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
-    trt.add_argument("--int8", action="store_true", help="allow INT8 kernels (needs --calib)")
+    trt.add_argument(
+        "--fp16", action="store_true",
+        help="FP16 (TensorRT 10: builder flag; 11: the graph converted to FP16)",
+    )  # fmt: skip
+    trt.add_argument(
+        "--int8", action="store_true",
+        help="INT8, needs --calib (TensorRT 10: calibrator; 11: a Q/DQ graph)",
+    )  # fmt: skip
     trt.add_argument("--calib", type=Path, help="directory of calibration images for INT8")
     trt.add_argument(
         "--best", action="store_true",
-        help="all reduced precisions, like trtexec --best (INT8 only with --calib)",
+        help="TensorRT 10: every reduced precision, like trtexec --best (INT8 only with "
+        "--calib); 11: INT8 with --calib, else FP16",
     )  # fmt: skip
     trt.add_argument(
         "--batch", default=None,
@@ -123,9 +134,10 @@ def run_export(args: argparse.Namespace) -> int:
         from shelf_stream.engine.trt_build import build_with_options
 
         sidecar = build_with_options(args.onnx, args.engine, options)
+        mode = sidecar.key.precision_mode.replace("_", " ")
         print(
-            f"wrote {args.engine} ({', '.join(sidecar.key.precisions) or 'fp32/tf32'}, batch "
-            f"{':'.join(map(str, sidecar.key.batch))}) for {sidecar.key.gpu_name} "
+            f"wrote {args.engine} ({', '.join(sidecar.key.precisions) or 'fp32/tf32'}, {mode}, "
+            f"batch {':'.join(map(str, sidecar.key.batch))}) for {sidecar.key.gpu_name} "
             f"(compute capability {sidecar.key.compute_capability}), TensorRT "
             f"{sidecar.key.tensorrt_version}, in {sidecar.build_seconds:.0f} s"
         )
