@@ -55,17 +55,18 @@ class NvdecUnavailable(CodecError):
 
 
 class _OnceNotice:
-    """Logs each distinct message once per process (thread-safe)."""
+    """Logs each distinct message (or ``key``) once per process (thread-safe)."""
 
     def __init__(self) -> None:
         self._said: set[str] = set()
         self._lock = threading.Lock()
 
-    def say(self, level: int, message: str) -> None:
+    def say(self, level: int, message: str, *, key: str | None = None) -> None:
+        """``key`` names what is being said when the message varies (a pts in it)."""
         with self._lock:
-            if message in self._said:
+            if (key or message) in self._said:
                 return
-            self._said.add(message)
+            self._said.add(key or message)
         logger.log(level, "%s", message)
 
     def reset(self) -> None:
@@ -206,6 +207,7 @@ class FallbackDecoder(Decoder):
             f"NVDEC opened but failed the first {self.codec} frame ({error}); decoding "
             f"{self.codec} in software (in a container, set NVIDIA_DRIVER_CAPABILITIES="
             "compute,utility,video)",
+            key=f"first-frame fallback {self.codec}",  # one line, whatever pts failed
         )
         return frames
 

@@ -184,10 +184,11 @@ def test_fallback_is_said_once_per_process_and_remembered_per_stream(
     failing_nvdec: list[FirstFrameFailingNvdec],
 ) -> None:
     with caplog.at_level(logging.DEBUG, logger="shelf_stream.codec"):
-        for _ in range(3):  # three streams, each with its own factory
+        for stream in range(3):  # three streams, each with its own factory
             factory = make_decoder_factory("hevc", "nvdec", open_nvdec=_opener(failing_nvdec))
             for _ in range(2):  # two decoders per stream: NVDEC is tried by the first only
-                factory().decode(hevc_aus[0].data, hevc_aus[0].pts)
+                # Each stream starts at its own pts, so each error message differs.
+                factory().decode(hevc_aus[0].data, 90_000 * stream)
     assert len(failing_nvdec) == 3
     assert len(_fallback_records(caplog)) == 1
 
