@@ -1,8 +1,11 @@
-"""The TensorRT backend: a serialized engine run with TensorRT 10's named-tensor API.
+"""The TensorRT backend: a serialized engine run with the named-tensor API of TensorRT
+10 and 11.
 
-Memory and streams come from cuda-python (``cuda_mem``): one pinned host buffer and
-one device buffer per I/O tensor, sized for the largest batch of the engine's
-optimisation profile; one CUDA stream per detector (the engine runs one batch at a
+Memory and streams come from cuda-python (``cuda_mem``), after ``cuda_compat`` checked
+that the driver supports their CUDA major: one pinned host buffer and one device buffer
+per I/O tensor, sized for the largest input of optimisation profile 0 (batch, height
+and width) and the outputs the execution context resolves for it; one CUDA stream per
+detector (the engine runs one batch at a
 time, as ``Detector.infer`` promises); two events to time each run on the GPU.
 
 Pre- and post-processing are the ONNX Runtime backend's (``engine.common``: same
