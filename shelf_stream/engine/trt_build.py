@@ -793,17 +793,37 @@ def _typed_graph(
         return None
     (precision,) = plan.precisions
     out = workdir / f"{onnx_path.stem}.{precision}.onnx"
-    name, shape = _model_input(onnx_path)
-    batches: Iterator[np.ndarray] = iter(())
-    if precision == graph_precision.INT8:
-        spec = _calibration_spec(onnx_path, metadata, _model_size(onnx_path, shape, metadata))
-        batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
-        batches = calibration_batches(images, spec, batch)
-    graph = graph_precision.convert(
-        precision, onnx_path, out, input_name=name, batches=batches, int8=options.int8_recipe
+    graph = convert_graph(
+        onnx_path, precision, out, images=images, metadata=metadata, int8=options.int8_recipe
     )
     log.info("converted %s to a %s", onnx_path.name, graph_precision.describe(graph))
     return graph
+
+
+def convert_graph(
+    onnx_path: Path,
+    precision: str,
+    out: Path,
+    *,
+    images: Sequence[Path] = (),
+    metadata: Mapping[str, str] | None = None,
+    int8: Int8Settings = DEFAULT_INT8,
+) -> graph_precision.ConvertedGraph:
+    """``onnx_path`` as an FP16 or INT8 Q/DQ graph at ``out``, INT8 calibrated on
+    ``images`` letterboxed as the detector will (``export --onnx M --fp16 --out G``
+    writes one for a strongly typed trtexec or Triton build)."""
+    metadata = onnx_metadata(onnx_path) if metadata is None else metadata
+    name, shape = _model_input(onnx_path)
+    batches: Iterator[np.ndarray] = iter(())
+    if precision == graph_precision.INT8:
+        if not images:
+            raise ConfigError("an INT8 Q/DQ graph needs calibration images (--calib DIR)")
+        spec = _calibration_spec(onnx_path, metadata, _model_size(onnx_path, shape, metadata))
+        batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
+        batches = calibration_batches(images, spec, batch)
+    return graph_precision.convert(
+        precision, onnx_path, out, input_name=name, batches=batches, int8=int8
+    )
 
 
 def _graph_record(graph: graph_precision.ConvertedGraph | None) -> dict[str, str | int]:
