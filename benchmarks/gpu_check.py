@@ -2,7 +2,8 @@
 
 Meant for a GPU machine with CUDA, cuda-python, CuPy and onnxruntime-gpu but possibly
 without TensorRT or PyAV. Each check PASSes, FAILs or SKIPs with a reason; a missing
-piece is a SKIP, never a crash. About two minutes without TensorRT, under five with it.
+piece is a SKIP, never a crash. Sized for the 420 s run limit (three TensorRT builds of
+YOLOX-Nano at most); not yet timed on a GPU.
 
   environment       CUDA driver vs cuda-python/TensorRT CUDA majors (the start-up guard)
   cuda_mem          device/pinned memory, a stream round trip, events, error mapping
