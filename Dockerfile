@@ -15,8 +15,11 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # 24.10 and later are Ubuntu 24.04 with Python 3.12 (shelf-stream needs >= 3.11);
-# TensorRT 10.7 in 24.12.
+# 24.12 has TensorRT 10.7 (builder-flag precision) on CUDA 12.6. CUDA_MAJOR must be the
+# base's CUDA major: it picks the cuda-cuXX extra (cuda-python of that major), and the
+# build checks that it got it. A CUDA 12 image runs on CUDA 12 and 13 drivers (R525+).
 ARG TENSORRT_IMAGE=nvcr.io/nvidia/tensorrt:24.12-py3
+ARG CUDA_MAJOR=12
 
 # ----------------------------------------------------------------------- cpu
 FROM ${PYTHON_IMAGE} AS cpu
@@ -56,12 +59,17 @@ CMD []
 
 # ----------------------------------------------------------------------- gpu
 FROM ${TENSORRT_IMAGE} AS gpu
+ARG CUDA_MAJOR
 
+# NVIDIA_DRIVER_CAPABILITIES: the NVIDIA Container Toolkit mounts only the driver
+# libraries of the listed capabilities; NVDEC (libnvcuvid) comes with "video". Without
+# it FFmpeg's CUDA decoder opens and then fails its first frame.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     XDG_CACHE_HOME=/cache \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
     SHELF_STREAM_BACKEND=tensorrt \
     SHELF_STREAM_PORT=8765
 
@@ -73,11 +81,13 @@ RUN groupadd --system --gid 10001 shelf \
 WORKDIR /opt/shelf-stream
 COPY pyproject.toml README.md ./
 COPY shelf_stream ./shelf_stream
-# The image's own TensorRT Python bindings satisfy the gpu extra's tensorrt>=10 (it
-# must match the image's libnvinfer, so it is not reinstalled); cuda-python comes
-# from PyPI. Ubuntu 24.04 marks the system Python externally managed: this image is
-# the environment, so installing into it is intended.
-RUN python3 -m pip install --break-system-packages ".[gpu,triton]" \
+# The image's own TensorRT bindings must match its libnvinfer, so not the gpu-cuXX
+# extra (which would add a tensorrt-cuXX wheel next to them): cuda-cuXX brings
+# cuda-python of the base's CUDA major and the graph converters. The check fails the
+# build if the packages are of another CUDA major. Ubuntu 24.04 marks the system Python
+# externally managed: this image is the environment, so installing into it is intended.
+RUN python3 -m pip install --break-system-packages ".[cuda-cu${CUDA_MAJOR},triton]" \
+ && python3 -m shelf_stream.engine.cuda_compat --installed-for-cuda "${CUDA_MAJOR}" \
  && python3 -c "import tensorrt; print('TensorRT', tensorrt.__version__)"
 
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/shelf-stream-entrypoint

@@ -20,8 +20,10 @@ import numpy as np
 from shelf_stream.errors import EngineError
 
 GPU_INSTALL_HINT = (
-    "install the GPU extra with: pip install 'shelf-stream[gpu]' (tensorrt and cuda-python "
-    "matching your CUDA major version), and check that `nvidia-smi` lists a GPU"
+    "install the GPU extra for the CUDA major your driver supports (`nvidia-smi` shows it): "
+    "pip install 'shelf-stream[gpu-cu12]' (CUDA 12, driver R525 or later) or "
+    "'shelf-stream[gpu-cu13]' (CUDA 13, driver R580 or later), and check that `nvidia-smi` "
+    "lists a GPU"
 )
 _DRIVER_HINT = (
     "the NVIDIA driver is missing, too old for this CUDA runtime, or no GPU is visible "

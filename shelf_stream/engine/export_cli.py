@@ -4,11 +4,20 @@
 
     shelf-stream export --onnx model.onnx [--fp16] [--int8 --calib DIR] [--best]
                         [--batch MIN:OPT:MAX] [--workspace-mb N] --engine out.engine
+    shelf-stream export --onnx model.onnx (--fp16 | --int8 --calib DIR) --out graph.onnx
     shelf-stream export --weights model.pt [--imgsz N] [--out model.onnx]
 
-Precision rules (see ``trt_build.BuildOptions``): ``--int8`` needs ``--calib``;
-``--best`` enables every reduced precision, INT8 only with ``--calib`` (without it the
-engine is FP16/BF16 and a warning says so); ``--calib`` alone is an error.
+Precision rules (see ``trt_build.BuildOptions`` and ``trt_build.plan_precisions``):
+``--int8`` needs ``--calib``; ``--calib`` alone is an error. TensorRT 10 enables the
+precisions as builder flags: ``--best`` is FP16, BF16 and (with ``--calib``) INT8.
+TensorRT 11 builds strongly typed from the graph converted first (``graph_precision``):
+``--fp16`` an FP16 graph, ``--int8`` an INT8 Q/DQ graph calibrated on ``--calib``,
+``--best`` INT8 with ``--calib`` else FP16, and ``--fp16 --int8`` together is an error.
+A precision that cannot be honoured is an error, never an FP32 engine.
+
+``--onnx`` with ``--out`` instead of ``--engine`` writes that converted graph (FP16, or
+INT8 Q/DQ calibrated on ``--calib``) for a build elsewhere: TensorRT 11's trtexec has
+no precision flags, so a Triton plan is built from such a graph.
 """
 
 from __future__ import annotations
@@ -37,12 +46,19 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     source.add_argument("--weights", type=Path, help="Ultralytics .pt checkpoint to export")
     trt = parser.add_argument_group("TensorRT engine (with --onnx)")
     trt.add_argument("--engine", type=Path, help="where to write the engine (a .json sidecar too)")
-    trt.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
-    trt.add_argument("--int8", action="store_true", help="allow INT8 kernels (needs --calib)")
+    trt.add_argument(
+        "--fp16", action="store_true",
+        help="FP16 (TensorRT 10: builder flag; 11: the graph converted to FP16)",
+    )  # fmt: skip
+    trt.add_argument(
+        "--int8", action="store_true",
+        help="INT8, needs --calib (TensorRT 10: calibrator; 11: a Q/DQ graph)",
+    )  # fmt: skip
     trt.add_argument("--calib", type=Path, help="directory of calibration images for INT8")
     trt.add_argument(
         "--best", action="store_true",
-        help="all reduced precisions, like trtexec --best (INT8 only with --calib)",
+        help="TensorRT 10: every reduced precision, like trtexec --best (INT8 only with "
+        "--calib); 11: INT8 with --calib, else FP16",
     )  # fmt: skip
     trt.add_argument(
         "--batch", default=None,
@@ -51,7 +67,11 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     trt.add_argument("--workspace-mb", type=int, default=None, help="builder workspace (MB)")
     onnx = parser.add_argument_group("ONNX export (with --weights)")
     onnx.add_argument("--imgsz", type=int, default=640, help="input size in pixels (default 640)")
-    onnx.add_argument("--out", type=Path, help="ONNX path (default: next to the weights)")
+    onnx.add_argument(
+        "--out", type=Path,
+        help="ONNX path (default: next to the weights); with --onnx: write the --fp16 or "
+        "--int8 graph there instead of building an engine",
+    )  # fmt: skip
     from shelf_stream.engine.onnx_batch import add_dynamic_batch_args
 
     add_dynamic_batch_args(parser)
@@ -80,12 +100,50 @@ def build_options_from_args(args: argparse.Namespace) -> Any:
 
 
 def _check_onnx_args(args: argparse.Namespace) -> None:
-    if args.engine is None:
-        raise ConfigError("--onnx needs --engine OUT.engine (where to write the engine)")
+    if args.engine is None and args.out is None:
+        raise ConfigError(
+            "--onnx needs --engine OUT.engine (where to write the engine), or --out "
+            "GRAPH.onnx with --fp16 or --int8 (a converted graph)"
+        )
     if not args.onnx.is_file():
         raise ConfigError(f"ONNX model not found: {args.onnx}")
-    if args.out is not None:
-        raise ConfigError("--out is for --weights; with --onnx the output is --engine")
+    if args.out is not None and args.engine is not None:
+        raise ConfigError("give --engine (an engine) or --out (a converted graph), not both")
+
+
+def _graph_precision(args: argparse.Namespace) -> str:
+    """The one precision ``--onnx M --out G`` converts to; ``ConfigError`` otherwise."""
+    misused = [
+        flag
+        for flag, given in (
+            ("--best", args.best),
+            ("--batch", args.batch is not None),
+            ("--workspace-mb", args.workspace_mb is not None),
+        )
+        if given
+    ]
+    if misused:
+        raise ConfigError(f"{', '.join(misused)} only apply to an engine build (--engine)")
+    if args.fp16 == args.int8:
+        raise ConfigError("--out writes one converted graph: give --fp16 or --int8 --calib DIR")
+    if args.int8 and args.calib is None:
+        raise ConfigError("--int8 needs calibration images: add --calib DIR")
+    if args.fp16 and args.calib is not None:
+        raise ConfigError("--calib is only used with --int8")
+    if args.calib is not None and not args.calib.is_dir():
+        raise ConfigError(f"calibration directory not found: {args.calib}")
+    return "fp16" if args.fp16 else "int8"
+
+
+def _write_graph(args: argparse.Namespace) -> int:
+    from shelf_stream.engine import graph_precision
+    from shelf_stream.engine.trt_build import calibration_images, convert_graph
+
+    precision = _graph_precision(args)
+    images = calibration_images(args.calib) if args.calib is not None else []
+    graph = convert_graph(args.onnx, precision, args.out, images=images)
+    print(f"wrote {args.out}: {graph_precision.describe(graph)}")
+    return 0
 
 
 def _check_weights_args(args: argparse.Namespace) -> None:
@@ -119,13 +177,16 @@ def run_export(args: argparse.Namespace) -> int:
         return run_dynamic_batch(args.onnx, args.out)
     if args.onnx is not None:
         _check_onnx_args(args)
+        if args.out is not None:
+            return _write_graph(args)
         options = build_options_from_args(args)
         from shelf_stream.engine.trt_build import build_with_options
 
         sidecar = build_with_options(args.onnx, args.engine, options)
+        mode = sidecar.key.precision_mode.replace("_", " ")
         print(
-            f"wrote {args.engine} ({', '.join(sidecar.key.precisions) or 'fp32/tf32'}, batch "
-            f"{':'.join(map(str, sidecar.key.batch))}) for {sidecar.key.gpu_name} "
+            f"wrote {args.engine} ({', '.join(sidecar.key.precisions) or 'fp32/tf32'}, {mode}, "
+            f"batch {':'.join(map(str, sidecar.key.batch))}) for {sidecar.key.gpu_name} "
             f"(compute capability {sidecar.key.compute_capability}), TensorRT "
             f"{sidecar.key.tensorrt_version}, in {sidecar.build_seconds:.0f} s"
         )

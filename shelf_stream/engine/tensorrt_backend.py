@@ -1,8 +1,11 @@
-"""The TensorRT backend: a serialized engine run with TensorRT 10's named-tensor API.
+"""The TensorRT backend: a serialized engine run with the named-tensor API of TensorRT
+10 and 11.
 
-Memory and streams come from cuda-python (``cuda_mem``): one pinned host buffer and
-one device buffer per I/O tensor, sized for the largest batch of the engine's
-optimisation profile; one CUDA stream per detector (the engine runs one batch at a
+Memory and streams come from cuda-python (``cuda_mem``), after ``cuda_compat`` checked
+that the driver supports their CUDA major: one pinned host buffer and one device buffer
+per I/O tensor, sized for the largest input of optimisation profile 0 (batch, height
+and width) and the outputs the execution context resolves for it; one CUDA stream per
+detector (the engine runs one batch at a
 time, as ``Detector.infer`` promises); two events to time each run on the GPU.
 
 Pre- and post-processing are the ONNX Runtime backend's (``engine.common``: same
@@ -37,6 +40,7 @@ from shelf_stream.engine.common import (
     normalise_shape,
     stack_batch,
 )
+from shelf_stream.engine.cuda_compat import ensure_compatible
 from shelf_stream.engine.cuda_mem import (
     CudaEvent,
     CudaStream,
@@ -56,49 +60,101 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """One engine I/O tensor: name, shape (-1 dynamic), NumPy dtype, and for inputs the
-    batch range of profile 0."""
+    """One engine I/O tensor: name, shape as the engine declares it (-1 for every
+    dimension that was dynamic in the network), NumPy dtype, and for an input with
+    dynamic dimensions the (min, opt, max) shapes of optimisation profile 0."""
 
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
     is_input: bool
-    batch_range: tuple[int, int] | None = None  # (min, max) for dynamic-batch inputs
+    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+
+    @property
+    def max_shape(self) -> tuple[int, ...]:
+        """The largest shape this input takes: the profile's max, else its fixed shape."""
+        return self.profile[2] if self.profile is not None else self.shape
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        if self.profile is None:
+            return self.shape[0], self.shape[0]
+        return self.profile[0][0], self.profile[2][0]
+
+
+def _dims(values: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in values)
 
 
 def describe_io(trt: Any, engine: Any) -> list[TensorSpec]:
-    """The engine's I/O tensors in binding order."""
+    """The engine's I/O tensors in binding order.
+
+    ``get_tensor_shape`` keeps -1 for every dimension that was dynamic in the network,
+    even where the profile pins it (NVIDIA/TensorRT#4120: an Ultralytics export with
+    ``dynamic=True`` has batch, height and width dynamic), so an input's real sizes come
+    from ``get_tensor_profile_shape(name, 0)`` and the outputs' from the execution
+    context once the input shape is set (``plan_io``).
+    """
     specs = []
     for index in range(engine.num_io_tensors):
         name = engine.get_tensor_name(index)
         is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-        shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+        shape = _dims(engine.get_tensor_shape(name))
         dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-        batch_range = None
-        if is_input and shape and shape[0] < 0:
-            lo, _opt, hi = engine.get_tensor_profile_shape(name, 0)
-            batch_range = (int(lo[0]), int(hi[0]))
-        specs.append(TensorSpec(name, shape, dtype, is_input, batch_range))
+        profile = None
+        if is_input and any(d < 0 for d in shape):
+            lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
+            profile = (_dims(lo), _dims(opt), _dims(hi))
+        specs.append(TensorSpec(name, shape, dtype, is_input, profile))
     return specs
 
 
-def _max_shape(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
-    if any(d < 0 for d in shape[1:]):
-        raise EngineError(f"tensor shape {shape} is dynamic beyond the batch; unsupported")
-    return (batch if shape[0] < 0 else shape[0], *shape[1:])
+@dataclass(frozen=True, slots=True)
+class IOPlan:
+    """Shapes the detector runs with: the input at its largest (``input_shape``, batch
+    included) and every output at that input (``output_shapes``), as the execution
+    context resolved them."""
+
+    input: TensorSpec
+    outputs: tuple[TensorSpec, ...]
+    input_shape: tuple[int, ...]
+    output_shapes: dict[str, tuple[int, ...]]
+
+    def nbytes(self) -> dict[str, int]:
+        sizes = {self.input.name: int(np.prod(self.input_shape)) * self.input.dtype.itemsize}
+        for out in self.outputs:
+            sizes[out.name] = int(np.prod(self.output_shapes[out.name])) * out.dtype.itemsize
+        return sizes
+
+
+def plan_io(path: Path, context: Any, specs: Sequence[TensorSpec]) -> IOPlan:
+    """Set the input to its profile's max shape and read back every output's shape;
+    ``EngineError`` if TensorRT rejects the shape or leaves an output unresolved."""
+    inp, outputs = _split_io(path, specs)
+    shape = inp.max_shape
+    if any(d < 0 for d in shape):
+        raise EngineError(f"{path.name}: input {inp.name} has no size in profile 0 ({shape})")
+    if not context.set_input_shape(inp.name, shape):
+        raise EngineError(f"TensorRT rejected input shape {shape} for {inp.name}")
+    resolved = {o.name: _dims(context.get_tensor_shape(o.name)) for o in outputs}
+    unresolved = {name: dims for name, dims in resolved.items() if any(d < 0 for d in dims)}
+    if unresolved:
+        raise EngineError(
+            f"{path.name}: TensorRT left output shapes {unresolved} unresolved for input {shape}"
+        )
+    return IOPlan(inp, tuple(outputs), shape, resolved)
 
 
 class _IOBuffers:
-    """Pinned host + device memory for every I/O tensor at the largest batch."""
+    """Pinned host + device memory for every I/O tensor at its largest shape."""
 
-    def __init__(self, cudart: Any, specs: Sequence[TensorSpec], max_batch: int) -> None:
+    def __init__(self, cudart: Any, nbytes: dict[str, int]) -> None:
         self.host: dict[str, PinnedBuffer] = {}
         self.device: dict[str, DeviceBuffer] = {}
         try:
-            for spec in specs:
-                nbytes = int(np.prod(_max_shape(spec.shape, max_batch))) * spec.dtype.itemsize
-                self.host[spec.name] = PinnedBuffer(cudart, nbytes)
-                self.device[spec.name] = DeviceBuffer(cudart, nbytes)
+            for name, size in nbytes.items():
+                self.host[name] = PinnedBuffer(cudart, size)
+                self.device[name] = DeviceBuffer(cudart, size)
         except Exception:
             self.close()  # a failed allocation must not leak the ones before it
             raise
@@ -128,23 +184,28 @@ class TensorRTDetector(LayoutDetector):
         self._config = config
         self._trt = trt if trt is not None else trt_build.load_tensorrt()
         self._cudart = cudart if cudart is not None else load_cudart()
+        # Before the first allocation: a CUDA 13 runtime on a CUDA 12 driver fails every
+        # call with cudaErrorInsufficientDriver; this says which extra to install instead.
+        ensure_compatible(self._cudart)
         self._device = device_info(self._cudart)
         self._source = Path(config.model_path)
         engine_path, sidecar = self._resolve_engine(build_options, cache_dir)
         self._engine_path = engine_path
         self._engine = self._deserialize(engine_path, sidecar)
         self._context = self._engine.create_execution_context()
-        specs = describe_io(self._trt, self._engine)
-        self._input, self._outputs = _split_io(engine_path, specs)
+        self._io = plan_io(engine_path, self._context, describe_io(self._trt, self._engine))
+        self._input, self._outputs = self._io.input, list(self._io.outputs)
+        #: (C, H, W) of every run: the profile's height and width, not the engine's -1s.
+        self._sample_shape = self._io.input_shape[1:]
         self._layout: ModelLayout = model_layout(
             engine_path,
             config,
-            normalise_shape(self._input.shape),
-            [normalise_shape(o.shape) for o in self._outputs],
+            _layout_shape(self._io.input_shape),
+            [_layout_shape(self._io.output_shapes[o.name]) for o in self._outputs],
             sidecar.metadata if sidecar else {},
         )
-        self._batch_min, self._batch_max = self._input.batch_range or (self._input.shape[0],) * 2
-        self._buffers = _IOBuffers(self._cudart, specs, self._batch_max)
+        self._batch_min, self._batch_max = self._input.batch_range
+        self._buffers = _IOBuffers(self._cudart, self._io.nbytes())
         try:
             self._stream = CudaStream(self._cudart)
             self._start, self._end = CudaEvent(self._cudart), CudaEvent(self._cudart)
@@ -270,7 +331,7 @@ class TensorRTDetector(LayoutDetector):
         return max(count, self._batch_min)
 
     def _host_input(self, count: int) -> np.ndarray:
-        shape = (self._run_size(count), *self._input.shape[1:])
+        shape = (self._run_size(count), *self._sample_shape)
         return self._buffers.host[self._input.name].array(shape, self._input.dtype)
 
     def _execute(self, rows: int, *, upload: bool) -> np.ndarray:
@@ -278,7 +339,7 @@ class TensorRTDetector(LayoutDetector):
         device); returns a copy of the first output, (rows, ...)."""
         context = self._live_context()
         cudart, stream, inp = self._cudart, self._stream, self._input
-        input_shape = (rows, *inp.shape[1:])
+        input_shape = (rows, *self._sample_shape)
         if not context.set_input_shape(inp.name, input_shape):
             raise EngineError(f"TensorRT rejected input shape {input_shape} for {inp.name}")
         nbytes = int(np.prod(input_shape)) * inp.dtype.itemsize
@@ -312,9 +373,8 @@ class TensorRTDetector(LayoutDetector):
         import cupy as cp
 
         assert self._gpu_letterbox is not None
-        inp = self._input
-        shape = (rows, *inp.shape[1:])
-        device = self._buffers.device[inp.name]
+        shape = (rows, *self._sample_shape)
+        device = self._buffers.device[self._input.name]
         memory = cp.cuda.UnownedMemory(device.ptr, device.nbytes, self)
         batch = cp.ndarray(shape, cp.float32, cp.cuda.MemoryPointer(memory, 0))
         spec = self._layout.letterbox
@@ -336,6 +396,11 @@ def _split_io(path: Path, specs: Sequence[TensorSpec]) -> tuple[TensorSpec, list
             f"{[s.name for s in inputs]} -> {[s.name for s in outputs]}"
         )
     return inputs[0], outputs
+
+
+def _layout_shape(shape: Sequence[int]) -> list[int | str | None]:
+    """A resolved shape as the model layout reads it: the batch left open."""
+    return [None, *normalise_shape(shape[1:])]
 
 
 def _all_yuv_frames(images: Sequence[Image]) -> bool:

@@ -9,6 +9,14 @@ serialized engine does not keep. Loading compares the sidecar with this machine 
 refuses a mismatch with the fix; without a sidecar, a failed deserialisation is
 explained instead of surfacing as TensorRT's ``None``.
 
+Precision follows the TensorRT generation (``plan_precisions``). TensorRT 10 builds with
+precision builder flags (``BuilderFlag.FP16``/``BF16``/``INT8``, INT8 with the entropy
+calibrator). TensorRT 11 removed those flags and the calibrator and builds strongly typed
+networks only (NVIDIA's 10.x to 11.x migration guide, "Removed Python APIs"), so the
+ONNX graph itself is converted first (``graph_precision``: FP16 weights, or INT8 Q/DQ
+calibrated on real frames). Either way a precision that cannot be honoured is an error,
+never an FP32 engine, and the key records the precision mode and the converter.
+
 The key, sidecar and refusal logic is pure Python (device and TensorRT version come in
 as data); ``tensorrt`` itself is imported only when an engine is built or loaded.
 """
@@ -28,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from shelf_stream.engine import graph_precision
 from shelf_stream.engine.cuda_mem import GPU_INSTALL_HINT, DeviceInfo
+from shelf_stream.engine.graph_precision import DEFAULT_INT8, Int8Settings
 from shelf_stream.engine.preprocess import LetterboxSpec, letterbox
 from shelf_stream.errors import ConfigError, EngineError
 
@@ -38,8 +48,15 @@ log = logging.getLogger(__name__)
 #: batch is one frame, and TensorRT tunes its kernels for ``opt``.
 DEFAULT_BATCH = (1, 1, 8)
 DEFAULT_WORKSPACE_MB = 2048
-#: Bumped when the engine cache's layout or key fields change.
-CACHE_FORMAT = 1
+#: Bumped when the engine cache's layout or key fields change. 2: the key records the
+#: precision mode (builder flags or strongly typed) and the graph converter.
+CACHE_FORMAT = 2
+#: ``PrecisionPlan.mode``: TensorRT 10's precision builder flags, or TensorRT 11's strongly
+#: typed network built from a graph converted to the precision.
+BUILDER_FLAGS = "builder_flags"
+STRONGLY_TYPED = "strongly_typed"
+#: TensorRT majors this module knows how to drive (the gpu extras pin below 12).
+SUPPORTED_TENSORRT_MAJORS = (10, 11)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -64,7 +81,9 @@ class BuildOptions:
     may pick from (FP16, BF16 where this TensorRT has it, and INT8) but INT8 only with
     calibration images, because uncalibrated INT8 (which trtexec accepts for timing)
     gives meaningless boxes; ``--best`` without ``--calib`` builds FP16/BF16 and says so.
-    ``--int8`` without ``--calib`` is an error.
+    ``--int8`` without ``--calib`` is an error. ``precisions()`` is what TensorRT 10's
+    builder flags enable; ``plan_precisions`` says what a given TensorRT builds.
+    ``int8_recipe`` is how TensorRT 11's INT8 Q/DQ graph is calibrated.
     """
 
     fp16: bool = False
@@ -73,6 +92,7 @@ class BuildOptions:
     calib_dir: Path | None = None
     batch: tuple[int, int, int] = DEFAULT_BATCH
     workspace_mb: int = DEFAULT_WORKSPACE_MB
+    int8_recipe: Int8Settings = DEFAULT_INT8
 
     def validate(self) -> None:
         """``ConfigError`` for options that cannot build a useful engine."""
@@ -90,9 +110,11 @@ class BuildOptions:
             raise ConfigError(f"calibration directory not found: {self.calib_dir}")
         if self.calib_dir is not None and not (self.int8 or self.best):
             raise ConfigError("--calib is only used with --int8 or --best")
+        self.int8_recipe.validate()
 
     def precisions(self) -> tuple[str, ...]:
-        """Reduced precisions to enable, sorted; TF32 is TensorRT's default anyway."""
+        """Reduced precisions TensorRT 10's builder flags enable, sorted; TF32 is
+        TensorRT's default anyway."""
         chosen = set()
         if self.fp16 or self.best:
             chosen.add("fp16")
@@ -120,6 +142,73 @@ def parse_batch(text: str) -> tuple[int, int, int]:
     if not 1 <= lo <= opt <= hi:
         raise ConfigError(f"--batch {text}: need 1 <= MIN <= OPT <= MAX")
     return lo, opt, hi
+
+
+# ---------------------------------------------------------------- precision plan
+
+
+@dataclass(frozen=True, slots=True)
+class PrecisionPlan:
+    """What an engine is built in: ``mode`` (``BUILDER_FLAGS`` or ``STRONGLY_TYPED``),
+    the reduced ``precisions`` (sorted; empty for FP32/TF32) and, for a strongly typed
+    build, the ``converter`` that writes them into the graph."""
+
+    mode: str
+    precisions: tuple[str, ...]
+    converter: str | None = None
+
+    def describe(self) -> str:
+        names = ", ".join(self.precisions) or "fp32/tf32"
+        how = "builder flags" if self.mode == BUILDER_FLAGS else f"strongly typed, {self.converter}"
+        return f"{names} ({how})"
+
+
+def tensorrt_major(tensorrt_version: str) -> int:
+    """The major version of a ``tensorrt.__version__`` string."""
+    try:
+        return int(tensorrt_version.split(".", 1)[0])
+    except ValueError:
+        raise EngineError(f"cannot read TensorRT's version {tensorrt_version!r}") from None
+
+
+def plan_precisions(options: BuildOptions, tensorrt_version: str) -> PrecisionPlan:
+    """What ``options`` build on ``tensorrt_version``; ``ConfigError``/``EngineError`` for a
+    precision this TensorRT (or this installation) cannot honour."""
+    major = tensorrt_major(tensorrt_version)
+    if major not in SUPPORTED_TENSORRT_MAJORS:
+        raise EngineError(
+            f"TensorRT {tensorrt_version} is not supported: shelf-stream builds with TensorRT "
+            f"10 (builder flags) or 11 (strongly typed); {GPU_INSTALL_HINT}"
+        )
+    if major == 10:
+        return PrecisionPlan(BUILDER_FLAGS, options.precisions())
+    precision = _strongly_typed_precision(options, tensorrt_version)
+    if precision is None:
+        return PrecisionPlan(STRONGLY_TYPED, ())
+    converter = graph_precision.converter_identity(precision, options.int8_recipe)
+    return PrecisionPlan(STRONGLY_TYPED, (precision,), converter)
+
+
+def _strongly_typed_precision(options: BuildOptions, tensorrt_version: str) -> str | None:
+    """The one precision a converted graph carries: FP16 or INT8 Q/DQ (the INT8 graph
+    keeps its unquantized layers in FP32)."""
+    calibrated = options.calib_dir is not None
+    if options.fp16 and options.int8:
+        raise ConfigError(
+            f"TensorRT {tensorrt_version} takes precision from the graph, and shelf-stream "
+            "converts it to FP16 or to INT8 Q/DQ, not both: choose --fp16 or --int8"
+        )
+    if options.best:
+        # --best: the fastest precision a converted graph offers. BF16 would need
+        # ModelOpt AutoCast and is no faster than FP16 for inference; not offered.
+        chosen = graph_precision.INT8 if calibrated else graph_precision.FP16
+        log.info("--best on TensorRT %s builds %s", tensorrt_version, chosen)
+        return chosen
+    if options.int8:
+        return graph_precision.INT8
+    if options.fp16:
+        return graph_precision.FP16
+    return None
 
 
 # -------------------------------------------------------------------- cache keys
@@ -162,6 +251,8 @@ class EngineKey:
     batch: tuple[int, int, int]
     workspace_mb: int
     calib_sha256: str | None = None
+    precision_mode: str = BUILDER_FLAGS
+    converter: str | None = None
     cache_format: int = CACHE_FORMAT
 
     @property
@@ -186,7 +277,10 @@ class EngineKey:
             batch=_batch_triple(data["batch"]),
             workspace_mb=int(data["workspace_mb"]),
             calib_sha256=None if data.get("calib_sha256") is None else str(data["calib_sha256"]),
-            cache_format=int(data.get("cache_format", CACHE_FORMAT)),
+            precision_mode=str(data.get("precision_mode", BUILDER_FLAGS)),
+            converter=None if data.get("converter") is None else str(data["converter"]),
+            # A sidecar without the field predates versioned caches: format 1.
+            cache_format=int(data.get("cache_format", 1)),
         )
 
 
@@ -202,16 +296,20 @@ def engine_key(
     options: BuildOptions,
     calib_sha256: str | None = None,
 ) -> EngineKey:
-    """The cache key of an engine built from an ONNX file with ``options`` here."""
+    """The cache key of an engine built from an ONNX file with ``options`` here: the
+    precisions it is built in (``plan_precisions``), not merely those asked for."""
+    plan = plan_precisions(options, tensorrt_version)
     return EngineKey(
         gpu_name=device.name,
         compute_capability=device.compute_capability,
         tensorrt_version=tensorrt_version,
         onnx_sha256=onnx_sha256,
-        precisions=options.precisions(),
+        precisions=plan.precisions,
         batch=options.batch,
         workspace_mb=options.workspace_mb,
-        calib_sha256=calib_sha256 if "int8" in options.precisions() else None,
+        calib_sha256=calib_sha256 if "int8" in plan.precisions else None,
+        precision_mode=plan.mode,
+        converter=plan.converter,
     )
 
 
@@ -230,13 +328,19 @@ def cached_engine_path(cache_dir: Path, onnx_path: Path, key: EngineKey) -> Path
 @dataclass(frozen=True, slots=True)
 class Sidecar:
     """The JSON file next to an engine: its key and what the engine forgets of the ONNX
-    model (its custom metadata: class names, ``imgsz``, ``decode_in_inference``)."""
+    model (its custom metadata: class names, ``imgsz``, ``decode_in_inference``).
+
+    ``built_graph`` describes the graph TensorRT parsed when it was converted for a
+    strongly typed build (its sha256, the tool, and the verified counts: FP16 weights,
+    INT8 convolutions); empty when the ONNX file was parsed as it is.
+    """
 
     key: EngineKey
     onnx_path: str
     metadata: dict[str, str] = field(default_factory=dict)
     built_at: float = 0.0
     build_seconds: float = 0.0
+    built_graph: dict[str, str | int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = {
@@ -246,6 +350,7 @@ class Sidecar:
             "metadata": self.metadata,
             "built_at": self.built_at,
             "build_seconds": self.build_seconds,
+            "built_graph": self.built_graph,
         }
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
@@ -258,6 +363,7 @@ class Sidecar:
             metadata={str(k): str(v) for k, v in dict(data.get("metadata", {})).items()},
             built_at=float(data.get("built_at", 0.0)),
             build_seconds=float(data.get("build_seconds", 0.0)),
+            built_graph=dict(data.get("built_graph", {})),
         )
 
 
@@ -465,10 +571,26 @@ class NetworkInput:
     shape: tuple[int, ...]  # -1 for dynamic dimensions
 
 
-def _parse_onnx(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
+#: Builder flag of each reduced precision (TensorRT 10; TensorRT 11 has none of them).
+_PRECISION_FLAGS = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8"}
+
+
+def _network_flags(trt: Any, plan: PrecisionPlan) -> int:
+    """``create_network`` flags. A strongly typed build asks for STRONGLY_TYPED where the
+    flag still exists: required on TensorRT 10, "deprecated, ignored, always on" on 11
+    (NetworkDefinitionCreationFlag in the TensorRT 11.0 Python API)."""
+    if plan.mode != STRONGLY_TYPED:
+        return 0  # TensorRT 10: explicit batch is the only mode, weakly typed
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def _parse_onnx(
+    trt: Any, builder: Any, logger: Any, onnx_path: Path, flags: int = 0
+) -> tuple[Any, Any]:
     """(network, parser): the parser owns the weights the network points to, so the
     caller keeps it alive until the engine is built."""
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -510,13 +632,19 @@ def profile_shapes(
     return lo, opt, hi
 
 
-def _apply_precisions(trt: Any, builder: Any, config: Any, precisions: Sequence[str]) -> None:
-    flags = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8"}
-    for precision in precisions:
-        flag = getattr(trt.BuilderFlag, flags[precision], None)
-        if flag is None:  # BF16 arrived in TensorRT 9; skip what this version lacks
-            log.info("TensorRT %s has no %s flag; skipped", trt.__version__, precision)
-            continue
+def _apply_precisions(trt: Any, config: Any, plan: PrecisionPlan) -> None:
+    """Set TensorRT 10's precision flags; ``EngineError`` for one this TensorRT lacks
+    (skipping it would build FP32 under a reduced-precision key). A strongly typed
+    build sets none: its precision is in the graph."""
+    if plan.mode == STRONGLY_TYPED:
+        return
+    for precision in plan.precisions:
+        flag = getattr(trt.BuilderFlag, _PRECISION_FLAGS[precision], None)
+        if flag is None:
+            raise EngineError(
+                f"TensorRT {trt.__version__} has no BuilderFlag.{_PRECISION_FLAGS[precision]}, "
+                f"so it cannot build the requested {precision} engine; {GPU_INSTALL_HINT}"
+            )
         config.set_flag(flag)
 
 
@@ -526,23 +654,26 @@ def build_serialized(
     options: BuildOptions,
     *,
     input_size: tuple[int, int] | None,
+    plan: PrecisionPlan | None = None,
     calibrator_factory: Callable[[NetworkInput, tuple[int, ...] | None], Any] | None = None,
 ) -> bytes:
-    """Parse ``onnx_path`` and build a serialized engine with TensorRT's builder API."""
+    """Parse ``onnx_path`` (for a strongly typed plan, the graph already converted to its
+    precision) and build a serialized engine with TensorRT's builder API."""
+    plan = plan or plan_precisions(options, str(trt.__version__))
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network, parser = _parse_onnx(trt, builder, logger, onnx_path)
+    network, parser = _parse_onnx(trt, builder, logger, onnx_path, _network_flags(trt, plan))
     model_input = _network_input(network)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
-    _apply_precisions(trt, builder, config, options.precisions())
+    _apply_precisions(trt, config, plan)
     shapes = profile_shapes(model_input, options.batch, input_size)
     if shapes is not None:
         profile = builder.create_optimization_profile()
         profile.set_shape(model_input.name, *shapes)
         config.add_optimization_profile(profile)
     calibrator = None
-    if "int8" in options.precisions():
+    if plan.mode == BUILDER_FLAGS and "int8" in plan.precisions:
         if calibrator_factory is None:
             raise EngineError("INT8 build without a calibrator")
         calibrator = calibrator_factory(model_input, None if shapes is None else shapes[1])
@@ -594,6 +725,7 @@ def build_with_options(
     """``build_engine`` taking a ``BuildOptions``; ``trt``/``cudart`` default to the real
     modules (tests pass fakes)."""
     from shelf_stream.engine.adapters import parse_imgsz
+    from shelf_stream.engine.cuda_compat import ensure_compatible
     from shelf_stream.engine.cuda_mem import device_info, load_cudart
 
     options.validate()
@@ -601,12 +733,14 @@ def build_with_options(
         raise ConfigError(f"ONNX model not found: {onnx_path}")
     trt = trt if trt is not None else load_tensorrt()
     cudart = cudart if cudart is not None else load_cudart()
+    ensure_compatible(cudart)
+    plan = plan_precisions(options, str(trt.__version__))
     if options.best and options.calib_dir is None:
-        log.warning("--best without --calib: building FP16/BF16 only (INT8 needs calibration)")
+        log.warning("--best without --calib: no INT8 (it needs calibration images)")
     device = device_info(cudart)
     metadata = onnx_metadata(onnx_path)
     images = calibration_images(options.calib_dir) if options.calib_dir else []
-    if "int8" in options.precisions() and not images:
+    if "int8" in plan.precisions and not images:
         raise ConfigError(f"no images in the calibration directory {options.calib_dir}")
     key = engine_key(
         file_sha256(onnx_path),
@@ -618,27 +752,121 @@ def build_with_options(
     input_size = parse_imgsz(metadata.get("imgsz"))
     started = time.monotonic()
     log.info(
-        "building a TensorRT engine from %s for %s (%s)", onnx_path, device.name, key.precisions
+        "building a TensorRT engine from %s for %s: %s", onnx_path, device.name, plan.describe()
     )
-    serialized = build_serialized(
-        trt,
-        onnx_path,
-        options,
-        input_size=input_size,
-        calibrator_factory=_calibrator_factory(
-            trt, cudart, onnx_path, metadata, images, engine_path
-        ),
-    )
+    with tempfile.TemporaryDirectory(prefix="shelf-stream-graph-") as workdir:
+        graph = _typed_graph(plan, onnx_path, Path(workdir), metadata, images, options)
+        serialized = build_serialized(
+            trt,
+            graph.path if graph else onnx_path,
+            options,
+            input_size=input_size,
+            plan=plan,
+            calibrator_factory=_calibrator_factory(
+                trt, cudart, onnx_path, metadata, images, engine_path
+            ),
+        )
     sidecar = Sidecar(
         key=key,
         onnx_path=str(onnx_path.resolve()),
         metadata=metadata,
         built_at=time.time(),
         build_seconds=round(time.monotonic() - started, 1),
+        built_graph=_graph_record(graph),
     )
     write_engine(engine_path, serialized, sidecar)
     log.info("wrote %s in %.1f s", engine_path, sidecar.build_seconds)
     return sidecar
+
+
+def _typed_graph(
+    plan: PrecisionPlan,
+    onnx_path: Path,
+    workdir: Path,
+    metadata: Mapping[str, str],
+    images: Sequence[Path],
+    options: BuildOptions,
+) -> graph_precision.ConvertedGraph | None:
+    """For a strongly typed plan with a reduced precision, ``onnx_path`` converted to it
+    (and verified: ``EngineError`` if the conversion did not happen); else ``None``."""
+    if plan.mode != STRONGLY_TYPED or not plan.precisions:
+        return None
+    (precision,) = plan.precisions
+    out = workdir / f"{onnx_path.stem}.{precision}.onnx"
+    graph = convert_graph(
+        onnx_path, precision, out, images=images, metadata=metadata, int8=options.int8_recipe
+    )
+    log.info("converted %s to a %s", onnx_path.name, graph_precision.describe(graph))
+    return graph
+
+
+def convert_graph(
+    onnx_path: Path,
+    precision: str,
+    out: Path,
+    *,
+    images: Sequence[Path] = (),
+    metadata: Mapping[str, str] | None = None,
+    int8: Int8Settings = DEFAULT_INT8,
+) -> graph_precision.ConvertedGraph:
+    """``onnx_path`` as an FP16 or INT8 Q/DQ graph at ``out``, INT8 calibrated on
+    ``images`` letterboxed as the detector will (``export --onnx M --fp16 --out G``
+    writes one for a strongly typed trtexec or Triton build)."""
+    metadata = onnx_metadata(onnx_path) if metadata is None else metadata
+    name, shape = _model_input(onnx_path)
+    batches: Iterator[np.ndarray] = iter(())
+    if precision == graph_precision.INT8:
+        if not images:
+            raise ConfigError("an INT8 Q/DQ graph needs calibration images (--calib DIR)")
+        spec = _calibration_spec(onnx_path, metadata, _model_size(onnx_path, shape, metadata))
+        batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
+        batches = calibration_batches(images, spec, batch)
+    return graph_precision.convert(
+        precision, onnx_path, out, input_name=name, batches=batches, int8=int8
+    )
+
+
+def _graph_record(graph: graph_precision.ConvertedGraph | None) -> dict[str, str | int]:
+    if graph is None:
+        return {}
+    return {"sha256": graph.sha256, "tool": graph.tool, **graph.summary}
+
+
+def _model_input(onnx_path: Path) -> tuple[str, list[Any]]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    first = session.get_inputs()[0]
+    return str(first.name), list(first.shape)
+
+
+def _model_size(
+    onnx_path: Path, shape: Sequence[Any], metadata: Mapping[str, str]
+) -> tuple[int, int]:
+    """(width, height) the model takes: its fixed input shape, else its imgsz metadata."""
+    from shelf_stream.engine.adapters import parse_imgsz
+
+    height, width = (shape[2], shape[3]) if len(shape) == 4 else (None, None)
+    if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+        return width, height
+    size = parse_imgsz(metadata.get("imgsz"))
+    if size is None:
+        raise EngineError(
+            f"{onnx_path.name} has a dynamic input size {list(shape)} and no 'imgsz' "
+            "metadata; export the model with a fixed input size"
+        )
+    return size
+
+
+def _calibration_spec(
+    onnx_path: Path, metadata: Mapping[str, str], size: tuple[int, int]
+) -> LetterboxSpec:
+    """The letterbox the detector will use for this model, so that calibration sees
+    inference's inputs."""
+    from shelf_stream.engine.adapters import select_adapter
+
+    adapter = select_adapter(_output_shapes(onnx_path), metadata)
+    return adapter.letterbox_spec(size)
 
 
 def _calibrator_factory(
@@ -649,15 +877,12 @@ def _calibrator_factory(
     images: Sequence[Path],
     engine_path: Path,
 ) -> Callable[[NetworkInput, tuple[int, ...] | None], Any]:
-    """Builds the calibrator once the network's input is known: the letterbox comes from
-    the same adapter the detector will use, so calibration sees inference's inputs."""
-    from shelf_stream.engine.adapters import select_adapter
+    """Builds TensorRT 10's calibrator once the network's input is known."""
 
     def factory(model_input: NetworkInput, opt_shape: tuple[int, ...] | None) -> Any:
         shape = opt_shape or model_input.shape
         batch_size, height, width = shape[0], shape[2], shape[3]
-        adapter = select_adapter(_output_shapes(onnx_path), metadata)
-        spec = adapter.letterbox_spec((width, height))
+        spec = _calibration_spec(onnx_path, metadata, (width, height))
         batches = calibration_batches(images, spec, batch_size)
         cache = engine_path.with_name(engine_path.name + ".calib")
         return make_calibrator(trt, cudart, batches, batch_size, cache)

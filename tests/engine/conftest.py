@@ -12,6 +12,7 @@ import pytest
 from shelf_stream.engine import EngineConfig, create_detector
 from shelf_stream.engine.base import Detector
 
+from .dynamic_onnx import make_dynamic_copy
 from .make_ultralytics_onnx import make_ultralytics_onnx
 
 
@@ -27,6 +28,25 @@ def ultralytics_model_path(
 ) -> Path:
     out = tmp_path_factory.mktemp("models") / "yolox_nano_ultralytics.onnx"
     return make_ultralytics_onnx(yolox_model_path, out)
+
+
+@pytest.fixture(scope="session")
+def yolox_dynamic_batch_path(
+    yolox_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """YOLOX-Nano with a symbolic batch (the official export's batch is fixed at 1)."""
+    out = tmp_path_factory.mktemp("models") / "yolox_nano_dynamic_batch.onnx"
+    return make_dynamic_copy(yolox_model_path, out, dynamic_size=False)
+
+
+@pytest.fixture(scope="session")
+def ultralytics_dynamic_path(
+    ultralytics_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The Ultralytics twin as ``export --weights`` writes it (``dynamic=True``): batch,
+    height and width symbolic, the size in its ``imgsz`` metadata."""
+    out = tmp_path_factory.mktemp("models") / "ultralytics_dynamic.onnx"
+    return make_dynamic_copy(ultralytics_model_path, out, dynamic_size=True)
 
 
 def _detector(path: Path) -> Iterator[Detector]:
@@ -45,6 +65,12 @@ def yolox_detector(yolox_model_path: Path) -> Iterator[Detector]:
 @pytest.fixture(scope="session")
 def ultralytics_detector(ultralytics_model_path: Path) -> Iterator[Detector]:
     yield from _detector(ultralytics_model_path)
+
+
+@pytest.fixture(scope="session")
+def precision_frames() -> Path:
+    """Real frames (CC BY 4.0, see the README there): calib-*.jpg and eval-*.jpg."""
+    return _repo_root() / "tests" / "data" / "precision-frames"
 
 
 def _skimage_photo(name: str) -> np.ndarray:

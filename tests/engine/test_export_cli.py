@@ -93,8 +93,48 @@ def test_onnx_needs_engine_and_an_existing_file(onnx_file: Path, tmp_path: Path)
         run_export(_parse("--onnx", str(onnx_file)))
     with pytest.raises(ConfigError, match="ONNX model not found"):
         run_export(_parse("--onnx", str(tmp_path / "missing.onnx"), "--engine", "e"))
-    with pytest.raises(ConfigError, match="--out is for --weights"):
+    with pytest.raises(ConfigError, match=r"give --engine .* or --out .*, not both"):
         run_export(_parse("--onnx", str(onnx_file), "--engine", "e", "--out", "x.onnx"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "give --fp16 or --int8 --calib DIR"),
+        (["--fp16", "--int8"], "give --fp16 or --int8 --calib DIR"),
+        (["--int8"], "--int8 needs calibration images"),
+        (["--fp16", "--best"], "--best only apply to an engine build"),
+        (["--fp16", "--batch", "1:2:4"], "--batch only apply to an engine build"),
+    ],
+)
+def test_graph_export_options(onnx_file: Path, extra: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_export(_parse("--onnx", str(onnx_file), "--out", "g.onnx", *extra))
+
+
+def test_graph_export_writes_the_converted_graph(
+    yolox_model_path: Path,
+    precision_frames: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # For a strongly typed build elsewhere (TensorRT 11's trtexec, a Triton plan).
+    import onnx
+    from onnx import TensorProto
+
+    out = tmp_path / "fp16.onnx"
+    assert run_export(_parse("--onnx", str(yolox_model_path), "--fp16", "--out", str(out))) == 0
+    assert any(i.data_type == TensorProto.FLOAT16 for i in onnx.load(str(out)).graph.initializer)
+    assert f"wrote {out}: fp16 graph by onnxconverter-common" in capsys.readouterr().out
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    shutil.copy(sorted(precision_frames.glob("calib-*.jpg"))[0], calib)
+    int8 = tmp_path / "int8.onnx"
+    argv = ["--onnx", str(yolox_model_path), "--int8", "--calib", str(calib), "--out", str(int8)]
+    assert run_export(_parse(*argv)) == 0
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert "int8 graph by onnxruntime" in capsys.readouterr().out
 
 
 def test_best_without_calib_is_allowed() -> None:
@@ -106,7 +146,7 @@ def test_engine_build_without_tensorrt_names_the_fix(
     yolox_model_path: Path, tmp_path: Path
 ) -> None:
     args = _parse("--onnx", str(yolox_model_path), "--engine", str(tmp_path / "e.engine"))
-    with pytest.raises(EngineError, match=r"pip install 'shelf-stream\[gpu\]'"):
+    with pytest.raises(EngineError, match=r"pip install 'shelf-stream\[gpu-cu12\]'"):
         run_export(args)
 
 

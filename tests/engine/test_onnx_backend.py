@@ -217,7 +217,7 @@ def test_factory_names(yolox_model_path: Path, caplog: pytest.LogCaptureFixture)
         create_detector(
             EngineConfig(model_path=yolox_model_path, backend="triton", triton_url=unreachable)
         )
-    with pytest.raises(EngineError, match=r"pip install 'shelf-stream\[gpu\]'"):
+    with pytest.raises(EngineError, match=r"pip install 'shelf-stream\[gpu-cu12\]'"):
         create_detector(EngineConfig(model_path=yolox_model_path, backend="tensorrt"))
     with caplog.at_level(logging.INFO, logger="shelf_stream.engine"):
         detector = create_detector(EngineConfig(model_path=yolox_model_path, backend="auto"))

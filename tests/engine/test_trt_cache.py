@@ -54,6 +54,9 @@ def test_key_is_stable_and_round_trips_through_json() -> None:
         {"batch": (1, 4, 16)},
         {"workspace_mb": 4096},
         {"calib_sha256": "ef" * 32},
+        {"precision_mode": tb.STRONGLY_TYPED},
+        {"converter": "onnxconverter-common 9.9 keep-io r1"},
+        {"cache_format": 1},
     ],
 )
 def test_every_component_changes_the_key(change: dict[str, object]) -> None:
@@ -188,14 +191,25 @@ def test_profile_shapes() -> None:
 # ------------------------------------------------------------ build with a fake
 
 
-def test_build_engine_drives_the_builder_api(yolox_model_path: Path, tmp_path: Path) -> None:
+def test_build_engine_drives_the_builder_api(
+    yolox_dynamic_batch_path: Path, tmp_path: Path
+) -> None:
     trt, cudart = FakeTensorRT(), FakeCudart()
     out = tmp_path / "yolox.engine"
     sidecar = tb.build_engine(
-        yolox_model_path, out, fp16=True, batch=(1, 2, 4), workspace_mb=512, trt=trt, cudart=cudart
+        yolox_dynamic_batch_path,
+        out,
+        fp16=True,
+        batch=(1, 2, 4),
+        workspace_mb=512,
+        trt=trt,
+        cudart=cudart,
     )
     (config,) = trt.builds
     assert config.flags == {"FP16"}
+    assert trt.networks[0].flags == 0  # TensorRT 10: weakly typed, precision by flags
+    assert sidecar.key.precision_mode == tb.BUILDER_FLAGS and sidecar.key.converter is None
+    assert sidecar.built_graph == {}  # the ONNX file was parsed as it is
     assert config.pools == {"WORKSPACE": 512 << 20}
     assert config.profiles[0].shapes["images"] == (
         (1, 3, 416, 416),
@@ -204,13 +218,13 @@ def test_build_engine_drives_the_builder_api(yolox_model_path: Path, tmp_path: P
     )
     assert sidecar.key.gpu_name == H100.name and sidecar.key.compute_capability == "9.0"
     assert sidecar.key.tensorrt_version == TRT
-    assert sidecar.key.onnx_sha256 == tb.file_sha256(yolox_model_path)
+    assert sidecar.key.onnx_sha256 == tb.file_sha256(yolox_dynamic_batch_path)
     assert tb.read_sidecar(out) == sidecar
     assert out.read_bytes().startswith(b"FAKE-TRT-ENGINE")
 
 
 def test_int8_build_calibrates_with_the_models_letterbox(
-    yolox_model_path: Path, tmp_path: Path, photos: dict[str, np.ndarray]
+    yolox_dynamic_batch_path: Path, tmp_path: Path, photos: dict[str, np.ndarray]
 ) -> None:
     calib = tmp_path / "calib"
     calib.mkdir()
@@ -219,7 +233,13 @@ def test_int8_build_calibrates_with_the_models_letterbox(
     trt, cudart = FakeTensorRT(), FakeCudart()
     out = tmp_path / "int8.engine"
     sidecar = tb.build_engine(
-        yolox_model_path, out, int8=True, calib_dir=calib, batch=(1, 2, 2), trt=trt, cudart=cudart
+        yolox_dynamic_batch_path,
+        out,
+        int8=True,
+        calib_dir=calib,
+        batch=(1, 2, 2),
+        trt=trt,
+        cudart=cudart,
     )
     (config,) = trt.builds
     assert config.flags == {"INT8"}
@@ -261,6 +281,7 @@ def test_unparsable_onnx_is_an_engine_error(tmp_path: Path) -> None:
 
 
 def test_ensure_engine_builds_once_then_reuses(yolox_model_path: Path, tmp_path: Path) -> None:
+    # The official model: batch fixed at 1, so the default profile (no profile at all).
     trt, cudart = FakeTensorRT(), FakeCudart()
     calls: list[Path] = []
 
@@ -322,7 +343,7 @@ def test_cuda_errors_become_engine_errors_with_hints() -> None:
 
 def test_missing_libraries_name_the_fix() -> None:
     # Neither tensorrt nor cuda-python is installed on the test machine.
-    with pytest.raises(EngineError, match=r"TensorRT is not installed .*shelf-stream\[gpu\]"):
+    with pytest.raises(EngineError, match=r"TensorRT is not installed .*shelf-stream\[gpu-cu12\]"):
         tb.load_tensorrt()
     with pytest.raises(EngineError, match=r"cuda-python is not installed .*nvidia-smi"):
         cm.load_cudart()
@@ -332,7 +353,7 @@ def test_missing_libraries_name_the_fix() -> None:
 
 
 def test_tensorrt_backend_missing_tensorrt_gives_install_hint(yolox_model_path: Path) -> None:
-    with pytest.raises(EngineError, match=r"pip install 'shelf-stream\[gpu\]'"):
+    with pytest.raises(EngineError, match=r"pip install 'shelf-stream\[gpu-cu12\]'"):
         create_detector(EngineConfig(model_path=yolox_model_path, backend="tensorrt"))
 
 
@@ -353,14 +374,21 @@ def _same(a: list[Detections], b: list[Detections]) -> None:
         assert np.allclose(x.boxes, y.boxes, atol=1e-3) and np.allclose(x.scores, y.scores)
 
 
-@pytest.mark.parametrize("model", ["yolox", "ultralytics"])
+@pytest.mark.parametrize(
+    ("model", "graph"),
+    [
+        ("yolox", "yolox_dynamic_batch_path"),  # dynamic batch
+        ("ultralytics", "ultralytics_dynamic_path"),  # batch, height and width dynamic
+    ],
+)
 def test_tensorrt_backend_matches_onnxruntime(
     model: str,
+    graph: str,
     request: pytest.FixtureRequest,
     tmp_path: Path,
     photos: dict[str, np.ndarray],
 ) -> None:
-    path: Path = request.getfixturevalue(f"{model}_model_path")
+    path: Path = request.getfixturevalue(graph)
     reference: Detector = request.getfixturevalue(f"{model}_detector")
     trt, cudart = FakeTensorRT(), FakeCudart()
     detector = _trt_detector(path, tmp_path, trt=trt, cudart=cudart)
@@ -382,8 +410,9 @@ def test_tensorrt_backend_matches_onnxruntime(
 
 
 def test_tensorrt_backend_loads_engine_files_and_refuses_foreign_ones(
-    yolox_model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    yolox_dynamic_batch_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    yolox_model_path = yolox_dynamic_batch_path
     engine = tmp_path / "m.engine"
     write_fake_engine(engine, yolox_model_path, (1, 1, 2))
     # No sidecar: loads (TensorRT accepts it), class names fall back to COCO.
@@ -402,9 +431,11 @@ def test_tensorrt_backend_loads_engine_files_and_refuses_foreign_ones(
         _trt_detector(corrupt, tmp_path)
 
 
-def test_failed_allocation_frees_what_was_allocated(yolox_model_path: Path, tmp_path: Path) -> None:
+def test_failed_allocation_frees_what_was_allocated(
+    yolox_dynamic_batch_path: Path, tmp_path: Path
+) -> None:
     engine = tmp_path / "m.engine"
-    write_fake_engine(engine, yolox_model_path, (1, 1, 2))
+    write_fake_engine(engine, yolox_dynamic_batch_path, (1, 1, 2))
     cudart = FakeCudart(fail_malloc_after=3)  # in/out pinned+device = 4 allocations
     with pytest.raises(EngineError, match="cudaMalloc"):
         _trt_detector(engine, tmp_path, cudart=cudart)
@@ -412,11 +443,53 @@ def test_failed_allocation_frees_what_was_allocated(yolox_model_path: Path, tmp_
 
 
 def test_serve_onnx_with_tensorrt_builds_once(
-    yolox_model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    yolox_dynamic_batch_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     trt = FakeTensorRT()
     with caplog.at_level(logging.INFO, logger="shelf_stream.engine"):
-        _trt_detector(yolox_model_path, tmp_path, trt=trt).close()
-        _trt_detector(yolox_model_path, tmp_path, trt=trt).close()
+        _trt_detector(yolox_dynamic_batch_path, tmp_path, trt=trt).close()
+        _trt_detector(yolox_dynamic_batch_path, tmp_path, trt=trt).close()
     assert len(trt.builds) == 1
     assert "using the cached TensorRT engine" in caplog.text
+
+
+def test_fully_dynamic_engine_io_is_sized_from_the_profile(
+    ultralytics_dynamic_path: Path, tmp_path: Path
+) -> None:
+    # The project's own export: every dimension but the channels is -1 in the engine,
+    # whatever the profile pins (NVIDIA/TensorRT#4120). Sizes come from the profile's
+    # max and the context, never from get_tensor_shape.
+    from shelf_stream.engine.tensorrt_backend import describe_io, plan_io
+
+    trt = FakeTensorRT()
+    engine_path = tmp_path / "u.engine"
+    write_fake_engine(engine_path, ultralytics_dynamic_path, (1, 2, 4))
+    engine = trt.Runtime(None).deserialize_cuda_engine(engine_path.read_bytes())
+    specs = describe_io(trt, engine)
+    assert [s.shape for s in specs] == [(-1, 3, -1, -1), (-1, 84, -1)]
+    assert specs[0].profile == ((1, 3, 416, 416), (2, 3, 416, 416), (4, 3, 416, 416))
+    io = plan_io(engine_path, engine.create_execution_context(), specs)
+    assert io.input_shape == (4, 3, 416, 416)
+    assert io.output_shapes == {"output0": (4, 84, 3549)}
+    assert io.nbytes() == {"images": 4 * 3 * 416 * 416 * 4, "output0": 4 * 84 * 3549 * 4}
+
+    class Refusing:
+        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+            return False
+
+    with pytest.raises(EngineError, match=r"rejected input shape \(4, 3, 416, 416\)"):
+        plan_io(engine_path, Refusing(), specs)
+
+    class Unresolved(Refusing):
+        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+            return True
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            return (-1, 84, -1)
+
+    with pytest.raises(EngineError, match=r"left output shapes .*output0.* unresolved"):
+        plan_io(engine_path, Unresolved(), specs)
+    # The detector built on it runs at the profile's 416x416 with buffers for batch 4.
+    detector = _trt_detector(engine_path, tmp_path, trt=trt)
+    assert detector.input_size == (416, 416) and detector.batch_range == (1, 4)
+    detector.close()
