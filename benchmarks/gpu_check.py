@@ -28,7 +28,7 @@ Running it (``--dry-run`` prints all of this for the current checkout):
 
   # here, once: PyAV's wheel (bundles FFmpeg with the CUDA hwaccel), onnxconverter-
   # common's, the model and its converted graphs into bench-out/gpucheck (ignored)
-  .venv/bin/python benchmarks/gpu_check.py --prepare --model ../shared/models/yolox_nano.onnx
+  .venv/bin/python benchmarks/gpu_check.py --prepare   # the packaged model, or --model PATH
   # on the device:
   run(command="python benchmarks/gpu_check.py --install --json $OUT/gpu_check.json",
       carry=["bench-out/gpucheck"], timeout_s=420)
@@ -914,7 +914,9 @@ def main(argv: list[str] | None = None) -> int:
         return dry_run(args.carry, args.gpu_letterbox)
     if args.prepare:
         if args.model is None:
-            parser.error("--prepare needs --model PATH (e.g. ../shared/models/yolox_nano.onnx)")
+            from shelf_stream.engine.models import resolve_model
+
+            args.model = resolve_model(None)  # the packaged YOLOX-Nano
         return prepare(args.carry, args.model)
     if not args.allow_tf32:
         os.environ["NVIDIA_TF32_OVERRIDE"] = "0"  # before any CUDA library loads

@@ -6,7 +6,7 @@ tests/data/precision-frames (calib-* calibrate the INT8 graph, eval-* are compar
 Speed: the graphs interleaved round by round in one process, one intra-op thread each,
 so that a busy machine slows all of them alike; medians over the rounds.
 
-    .venv/bin/python benchmarks/precision_agreement.py --model ../shared/models/yolox_nano.onnx
+    .venv/bin/python benchmarks/precision_agreement.py [--model yolox_nano.onnx]
 
 ONNX Runtime's CPU kernels are not TensorRT's: this measures the graphs (weights, scales,
 which layers are quantized), not TensorRT's FP16/INT8 speed or accuracy. In particular
@@ -65,7 +65,9 @@ def speeds(graphs: dict[str, Path], tensors: list[Any], rounds: int, threads: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="FP32 YOLOX ONNX model")
+    parser.add_argument(
+        "--model", type=Path, help="FP32 YOLOX ONNX model (default: the packaged YOLOX-Nano)"
+    )
     parser.add_argument("--rounds", type=int, default=40, help="speed rounds (default 40)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -97,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         float_output_convs=not args.quantize_outputs,
     )
+    if args.model is None:
+        from shelf_stream.engine.models import resolve_model
+
+        args.model = resolve_model(None)
     reference = detector(args.model, REFERENCE_SCORE)
     calib = [load_image(p) for p in sorted(FRAMES.glob("calib-*.jpg"))]
     images = [load_image(p) for p in sorted(FRAMES.glob("eval-*.jpg"))]

@@ -89,7 +89,9 @@ def test_short_soak_of_both_processes(model_path: Path, tmp_path: Path) -> None:
     assert client["exit_code"] == 0
     assert client["samples"] and all(row[1] > 0 and row[2] > 0 for row in client["samples"])
     assert client["exactly_once"]["ok"], client["exactly_once"]
-    assert client["video"]["plays"] and client["video"]["frames"] == client["video"]["results"]
+    # The writer may skip frames when it is behind (a loaded machine), never add any.
+    video = client["video"]
+    assert video["plays"] and 0 < video["frames"] <= video["results"]
     assert client["exit_delay_s"] is not None and client["exit_delay_s"] < 10
     assert client["latency_windows"] and sum(w["results"] for w in client["latency_windows"])
     verdict = report["verdict"]

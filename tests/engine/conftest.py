@@ -70,7 +70,7 @@ def ultralytics_detector(ultralytics_model_path: Path) -> Iterator[Detector]:
 @pytest.fixture(scope="session")
 def precision_frames() -> Path:
     """Real frames (CC BY 4.0, see the README there): calib-*.jpg and eval-*.jpg."""
-    return _repo_root() / "tests" / "data" / "precision-frames"
+    return Path(__file__).resolve().parents[1] / "data" / "precision-frames"
 
 
 def _skimage_photo(name: str) -> np.ndarray:
