@@ -5,7 +5,8 @@
 #   docker build --target cpu -t shelf-stream:cpu .
 #   docker build --target gpu -t shelf-stream:gpu .
 #
-#   docker run -p 8765:8765 -v $PWD/models:/models:ro shelf-stream:cpu
+#   docker run -p 8765:8765 shelf-stream:cpu      (the packaged YOLOX-Nano)
+#   docker run -p 8765:8765 -v $PWD/models:/models:ro shelf-stream:cpu   (your model)
 #   docker run --gpus all -p 8765:8765 -v $PWD/models:/models:ro \
 #              -v shelf-engines:/cache shelf-stream:gpu
 #

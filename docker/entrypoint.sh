@@ -9,7 +9,8 @@
 #
 # Environment (all optional):
 #   SHELF_STREAM_MODEL        model path (ONNX, or a TensorRT engine with its sidecar)
-#   SHELF_STREAM_MODEL_DIR    where to look for exactly one *.onnx otherwise (/models)
+#   SHELF_STREAM_MODEL_DIR    where to look for exactly one *.onnx otherwise (/models);
+#                             none there: the YOLOX-Nano shipped inside the package
 #   SHELF_STREAM_BACKEND      onnxruntime | tensorrt | auto | triton (image default)
 #   SHELF_STREAM_HOST/PORT    listen address (0.0.0.0:8765)
 #   SHELF_STREAM_MAX_BATCH, SHELF_STREAM_BATCH_WAIT_MS   cross-stream batching
@@ -50,9 +51,10 @@ resolve_model() {
     case ${#found[@]} in
         1) printf '%s\n' "${found[0]}" ;;
         0)
-            # Triton holds the model itself; the gateway only needs its name.
+            # Triton holds the model itself; the gateway only needs its name. Otherwise
+            # serve takes the YOLOX-Nano that ships inside the package.
             [[ $backend == triton ]] && return
-            die "no model: mount a directory with one .onnx file at $model_dir or set SHELF_STREAM_MODEL (e.g. -v \$PWD/models:/models:ro)"
+            echo "entrypoint: no model in $model_dir: serving the packaged YOLOX-Nano (mount one .onnx there or set SHELF_STREAM_MODEL for another)" >&2
             ;;
         *) die "several .onnx files in $model_dir (${found[*]}); set SHELF_STREAM_MODEL to one of them" ;;
     esac

@@ -53,15 +53,16 @@ def test_serves_the_one_model_in_the_model_dir(tmp_path: Path, fake_cli: Path) -
     ]  # fmt: skip
 
 
-def test_explicit_model_and_a_missing_one(tmp_path: Path, fake_cli: Path) -> None:
+def test_explicit_model_the_packaged_one_and_a_missing_one(tmp_path: Path, fake_cli: Path) -> None:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"onnx")
     ok = _run({"SHELF_STREAM_BIN": str(fake_cli), "SHELF_STREAM_MODEL": str(model)}, "serve")
     assert ok.returncode == 0 and f"--model\n{model}\n" in ok.stdout
     empty = tmp_path / "empty"
     empty.mkdir()
-    missing = _run({"SHELF_STREAM_BIN": str(fake_cli), "SHELF_STREAM_MODEL_DIR": str(empty)})
-    assert missing.returncode == 2 and "no model" in missing.stderr
+    packaged = _run({"SHELF_STREAM_BIN": str(fake_cli), "SHELF_STREAM_MODEL_DIR": str(empty)})
+    assert packaged.returncode == 0 and "--model" not in packaged.stdout
+    assert "packaged YOLOX-Nano" in packaged.stderr
     gone = _run({"SHELF_STREAM_BIN": str(fake_cli), "SHELF_STREAM_MODEL": str(tmp_path / "x")})
     assert gone.returncode == 2 and "does not exist" in gone.stderr
 
