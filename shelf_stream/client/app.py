@@ -719,7 +719,9 @@ class StreamClient:
         # way answers every request made before it arrives.
         if now - self._keyframe_forced_at < self.config.keyframe_min_interval_s:
             return
-        log.info("server asked for a keyframe (%s)", event.reason.name.lower())
+        # A camera passed through cannot make one: its worker says so, once.
+        level = logging.DEBUG if self._camera is not None else logging.INFO
+        log.log(level, "server asked for a keyframe (%s)", event.reason.name.lower())
         self._keyframe_forced_at = now
         if self._worker is not None:
             self._worker.send(ForceKeyframe())
