@@ -166,9 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--url", default="ws://127.0.0.1:8765", help="server URL (ws://HOST:PORT)")
     source = send.add_mutually_exclusive_group(required=True)
     source.add_argument("--camera", help="capture device index or name (e.g. 0)")
-    source.add_argument("--input", type=Path, help="a video file")
+    source.add_argument(
+        "--input", metavar="FILE|URL",
+        help="a video file, or an IP camera: rtsp://[user:password@]host[:port]/path (or rtsps://)",
+    )  # fmt: skip
     source.add_argument("--source", choices=["scene", "testsrc"], help="generated footage")
     send.add_argument("--loop", action="store_true", help="loop --input forever")
+    camera = send.add_argument_group("IP cameras (--input rtsp://...)")
+    camera.add_argument(
+        "--rtsp-transport", choices=["tcp", "udp"], default="tcp",
+        help="RTP inside the RTSP connection (tcp, the default) or over UDP (packets lost on "
+        "a busy network cost frames until the next keyframe)",
+    )  # fmt: skip
+    camera.add_argument(
+        "--reencode", action="store_true",
+        help="decode the camera and re-encode with the adaptation to the link, instead of "
+        "passing its H.265/H.264 through as it is",
+    )  # fmt: skip
     send.add_argument("--token", help="the server's shared secret (or $SHELF_STREAM_TOKEN)")
     send.add_argument("--cafile", type=Path, help="wss://: trust this CA certificate (PEM)")
     send.add_argument(
@@ -245,6 +259,7 @@ def _client_config(args: argparse.Namespace, url: str, source: Any, token: str |
         results_path=args.results,
         save_path=args.save,
         status=not args.no_status and sys.stderr.isatty(),
+        reencode=getattr(args, "reencode", False),
         cafile=getattr(args, "cafile", None),
         connection=ConnectionConfig(reconnect=reconnect),
     )
@@ -259,10 +274,32 @@ def _source_spec(args: argparse.Namespace) -> Any:
             kind="camera", camera=args.camera, width=width, height=height, fps=args.fps
         )
     if args.input is not None:
-        return SourceSpec(kind="file", path=args.input, loop=args.loop)
+        from shelf_stream.client.rtsp import is_rtsp_url
+
+        if is_rtsp_url(args.input):
+            return _camera_spec(args)
+        if args.reencode:
+            raise ConfigError("--reencode is for IP cameras (--input rtsp://...)")
+        return SourceSpec(kind="file", path=Path(args.input), loop=args.loop)
     return SourceSpec(
         kind=args.source, width=width or 640, height=height or 480, fps=args.fps or 30.0
     )
+
+
+def _camera_spec(args: argparse.Namespace) -> Any:
+    from shelf_stream.client.connection import ReconnectPolicy
+    from shelf_stream.client.rtsp import RtspConfig, RtspTransport
+    from shelf_stream.client.sources import SourceSpec
+
+    if args.loop:
+        raise ConfigError("--loop is for video files; a camera streams until it is stopped")
+    limit_s = args.reconnect_limit
+    rtsp = RtspConfig(
+        url=args.input,
+        transport=RtspTransport(args.rtsp_transport),
+        reconnect=ReconnectPolicy(give_up_s=limit_s) if limit_s > 0 else None,
+    )
+    return SourceSpec(kind="rtsp", rtsp=rtsp)
 
 
 def _codecs(text: str) -> tuple[str, ...]:

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import av
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
@@ -50,6 +50,7 @@ from shelf_stream.client.connection import (
     Backoff,
     ConnectionConfig,
     ConnectionFailed,
+    FatalRefusal,
     StreamConnection,
     open_connection,
     run_probe,
@@ -64,6 +65,7 @@ from shelf_stream.client.encoder_worker import (
     FrameNotEncoded,
     GrantSends,
     Outbox,
+    SourceChanged,
     WorkerEnded,
 )
 from shelf_stream.client.ladder import Rung, default_ladder
@@ -74,7 +76,9 @@ from shelf_stream.client.matcher import (
     Settled,
     skipped,
 )
+from shelf_stream.client.passthrough import PassthroughWorker, passthrough_camera
 from shelf_stream.client.probe import BandwidthProbe, ProbeConfig, ProbeResult, choose_start
+from shelf_stream.client.rtsp import CameraInfo, RtspSource
 from shelf_stream.client.sinks import AnnotatedVideoSink, JsonlSink
 from shelf_stream.client.sources import FrameSource, SourceSpec, open_source
 from shelf_stream.client.stats import StreamStats
@@ -83,6 +87,8 @@ from shelf_stream.codec.base import EncoderConfig
 from shelf_stream.errors import ConfigError, RemoteProtocolError, ShelfStreamError
 
 log = logging.getLogger("shelf_stream.client")
+
+T = TypeVar("T")
 
 DEFAULT_BITRATE_KBPS = 1500
 DEFAULT_FPS = 30.0
@@ -120,6 +126,10 @@ class ClientConfig:
     save_path: Path | None = None
     # Encoded frames waiting for the socket; more only adds latency (``encoder_worker``).
     outbox_units: int = 2
+    # A camera passed through: this long of its frames may wait for the socket. Its
+    # frames come in bursts (at the start, after a stall) and cannot be thinned: one
+    # left out costs every frame until its next keyframe.
+    camera_outbox_s: float = 0.5
     # Stop-and-wait like the seed system (1: the next frame only after the answer);
     # None streams without waiting for answers.
     max_in_flight: int | None = None
@@ -140,6 +150,9 @@ class ClientConfig:
     # Record the adaptation's state this often (``StreamClient.timeline``); None: never.
     timeline_period_s: float | None = None
     timeline_max_entries: int = 3000
+    # An RTSP camera's H.265/H.264 goes to the server as it is (``passthrough``); True
+    # decodes and re-encodes it instead, with the adaptation to the link.
+    reencode: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +182,13 @@ class StreamClient:
         self._video: AnnotatedVideoSink | None = None
         self._conn: StreamConnection | None = None
         self._adaptation: Adaptation | None = None
-        self._worker: EncoderWorker | None = None
+        self._worker: EncoderWorker | PassthroughWorker | None = None
         self._capture: CaptureThread | None = None
+        self._camera: CameraInfo | None = None  # a camera passed through, if any
+        self._next_hello: p.Hello | None = None  # as the next connection sends it
+        self._new_hello = asyncio.Event()  # set by the pump: the source changed
+        self._renegotiated = asyncio.Event()  # set by _serve: a new connection, or none
+        self._serving = False
         self._geometry_wanted: _Geometry | None = None
         self._settings: EncodeSettings | None = None  # as last sent to the worker
         self._capture_fps = 0.0  # as last asked of the capture thread
@@ -191,6 +209,8 @@ class StreamClient:
         self._stop_requested = True
         if self._capture is not None:
             self._capture.stop()
+        if isinstance(self._worker, PassthroughWorker):
+            self._worker.stop()
 
     # ------------------------------------------------------------------------ set-up
 
@@ -199,10 +219,10 @@ class StreamClient:
         loop = asyncio.get_running_loop()
         source = await loop.run_in_executor(None, open_source, self.config.source)
         try:
+            self._camera = self._passthrough_camera(source)
             geometry = self._geometry(source)
-            hello = self._hello(geometry)
             # The first connection fails fast: a wrong URL or token is the user's to fix.
-            conn = await self._open_connection(hello)
+            conn = await self._connect_first(geometry)
             try:
                 start = await self._choose_start(conn, geometry)
             except BaseException:
@@ -210,7 +230,7 @@ class StreamClient:
                 raise
             self._open_sinks(geometry)
             try:
-                await self._stream(conn, source, geometry, start, hello)
+                await self._stream(conn, source, geometry, start)
             finally:
                 await loop.run_in_executor(None, self._close_sinks)
         finally:
@@ -232,9 +252,37 @@ class StreamClient:
         fps = cfg.fps or source.fps or DEFAULT_FPS
         return _Geometry(width - width % 2, height - height % 2, fps)
 
+    def _passthrough_camera(self, source: FrameSource) -> CameraInfo | None:
+        cfg = self.config
+        fixed = {
+            "--size": cfg.width is not None,
+            "--fps": cfg.fps is not None,
+            "--bitrate": cfg.bitrate_kbps is not None,
+            "--encoder": cfg.encoder is not None,
+            "--preset": cfg.preset is not None,
+            "stop-and-wait": cfg.max_in_flight is not None,
+        }
+        return passthrough_camera(source, reencode=cfg.reencode, codec=cfg.codec, fixed=fixed)
+
+    async def _connect_first(self, geometry: _Geometry) -> StreamConnection:
+        """The first connection; a camera whose codec the server refuses is re-encoded."""
+        hello = self._next_hello = self._hello(geometry)
+        try:
+            return await self._open_connection(hello)
+        except FatalRefusal as exc:
+            if self._camera is None or exc.code is not p.ErrorCode.UNSUPPORTED_CODEC:
+                raise
+        log.warning(
+            "the server does not take the camera's %s as it is: re-encoding it as %s",
+            self._camera.codec, self.config.codec,
+        )  # fmt: skip
+        self._camera = None
+        hello = self._next_hello = self._hello(geometry)
+        return await self._open_connection(hello)
+
     def _hello(self, geometry: _Geometry) -> p.Hello:
         return p.Hello(
-            codec=self.config.codec,
+            codec=self._camera.codec if self._camera is not None else self.config.codec,
             width=geometry.width,
             height=geometry.height,
             fps=geometry.fps,
@@ -246,15 +294,17 @@ class StreamClient:
         """Where the stream starts: the probe's pick, unless the user fixed the bitrate."""
         cfg = self.config
         self.ready = conn.ready
+        camera = self._camera
         log.info(
-            "connected to %s: model %s, streaming %s %dx%d @ %.3g fps",
-            cfg.url, conn.ready.model, cfg.codec, geometry.width, geometry.height, geometry.fps,
+            "connected to %s: model %s, streaming %s %dx%d @ %.3g fps%s",
+            cfg.url, conn.ready.model, camera.codec if camera else cfg.codec, geometry.width,
+            geometry.height, geometry.fps, " as the camera sends it" if camera else "",
         )  # fmt: skip
         self._ladder = default_ladder(geometry.width, geometry.height, geometry.fps)
         bitrate = cfg.bitrate_kbps or DEFAULT_BITRATE_KBPS
         start = Target(bitrate, geometry.fps, geometry.width, geometry.height)
-        if not cfg.probe:
-            return start
+        if not cfg.probe or camera is not None:
+            return start  # a camera's bitrate is its own: nothing to choose
         probe = BandwidthProbe(ProbeConfig(), time.monotonic())
         result = await run_probe(conn, probe, time.monotonic)
         self.probe_result = result
@@ -295,47 +345,69 @@ class StreamClient:
     # ----------------------------------------------------------------------- stream
 
     async def _stream(
-        self,
-        conn: StreamConnection,
-        source: FrameSource,
-        geometry: _Geometry,
-        start: Target,
-        hello: p.Hello,
+        self, conn: StreamConnection, source: FrameSource, geometry: _Geometry, start: Target
     ) -> None:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         self._geometry_wanted = geometry
         adaptation = self._adaptation = self._make_adaptation(start, now)
         adaptation.on_connected(now, rtt_ms=self._probe_rtt_ms())
-        slot: LatestSlot[CapturedFrame] = LatestSlot()
-        outbox = Outbox(loop, self.config.outbox_units)
-        self._settings = self._encode_settings(adaptation.plan, geometry)
-        worker = self._worker = EncoderWorker(
-            slot, self._settings, outbox, max_in_flight=self.config.max_in_flight
-        )
-        capture = self._capture = CaptureThread(
-            source,
-            slot,
-            fps=start.fps,
-            max_frames=self.config.max_frames,
-            duration_s=self.config.duration_s,
-            on_skipped=lambda captured: _call_soon(loop, self._on_skipped, captured),
-        )
-        self._capture_fps = start.fps
-        if self._stop_requested:
-            capture.stop()
+        units = self.config.outbox_units
+        if self._camera is not None:
+            units = max(units, math.ceil(self.config.camera_outbox_s * geometry.fps))
+        outbox = Outbox(loop, units)
+        slot: LatestSlot[CapturedFrame] | None = None
+        worker: EncoderWorker | PassthroughWorker
+        if self._camera is not None:
+            worker = self._worker = self._passthrough_worker(source, outbox)
+            if self._stop_requested:
+                worker.stop()
+        else:
+            slot = LatestSlot()
+            self._settings = self._encode_settings(adaptation.plan, geometry)
+            worker = self._worker = EncoderWorker(
+                slot, self._settings, outbox, max_in_flight=self.config.max_in_flight
+            )
+            capture = self._capture = CaptureThread(
+                source,
+                slot,
+                fps=start.fps,
+                max_frames=self.config.max_frames,
+                duration_s=self.config.duration_s,
+                on_skipped=lambda captured: _call_soon(loop, self._on_skipped, captured),
+            )
+            self._capture_fps = start.fps
+            if self._stop_requested:
+                capture.stop()
         self._capture_started_unix_s = time.time()
-        capture.start()
+        if self._capture is not None:
+            self._capture.start()
         worker.start()
         pump = asyncio.create_task(self._pump(outbox), name="pump")
         ticker = asyncio.create_task(self._ticker(), name="ticker")
         try:
-            await self._serve(conn, pump, hello)
+            await self._serve(conn, pump)
         finally:
-            await self._shut_down(capture, worker, slot, pump, ticker)
+            await self._shut_down(self._capture, worker, slot, pump, ticker)
+
+    def _passthrough_worker(self, source: FrameSource, outbox: Outbox) -> PassthroughWorker:
+        """The camera's own access units, in place of capture and encoder (``passthrough``)."""
+        assert isinstance(source, RtspSource)
+        loop = asyncio.get_running_loop()
+        return PassthroughWorker(
+            source.config,
+            source.take_session(),
+            outbox,
+            on_not_sent=lambda item: _call_soon(loop, self._on_not_sent, item),
+            max_frames=self.config.max_frames,
+            duration_s=self.config.duration_s,
+            decode_frames=self._video is not None,  # --save draws on the pictures
+        )
 
     def _make_adaptation(self, start: Target, now: float) -> Adaptation:
         config = self.config.adaptation
+        if self._camera is not None:
+            config = replace(config, enabled=False)  # nothing can change a camera's stream
         control = replace(config.control, max_bitrate_kbps=self.config.max_bitrate_kbps)
         start_config = self._encoder_config(EncoderPlan(start, round(start.bitrate_kbps)))
         return Adaptation(
@@ -373,57 +445,100 @@ class StreamClient:
 
     async def _shut_down(
         self,
-        capture: CaptureThread,
-        worker: EncoderWorker,
-        slot: LatestSlot[CapturedFrame],
+        capture: CaptureThread | None,
+        worker: EncoderWorker | PassthroughWorker,
+        slot: LatestSlot[CapturedFrame] | None,
         pump: asyncio.Task[str | None],
         ticker: asyncio.Task[None],
     ) -> None:
         """Stop the threads and settle every frame still on its way (bounded in time)."""
         loop = asyncio.get_running_loop()
-        capture.stop()
+        producer = "the encoder" if capture is not None else "the camera"
+        if capture is not None:
+            capture.stop()
+        if isinstance(worker, PassthroughWorker):
+            worker.stop()
         self._conn = None  # what the pump still gets is recorded unsent
         try:
             await asyncio.wait_for(asyncio.shield(pump), self.config.shutdown_timeout_s)
         except TimeoutError:
-            log.warning("the encoder did not finish in time; its last frames are lost")
+            log.warning("%s did not finish in time; its last frames are lost", producer)
             worker.abort()
             pump.cancel()
         except Exception:  # the pump's own failure was logged where it happened
             worker.abort()
         await asyncio.gather(pump, return_exceptions=True)
-        for thread_join in (capture.join, worker.join):
-            await loop.run_in_executor(None, thread_join, self.config.shutdown_timeout_s)
-        while (captured := slot.get(timeout=0)) is not None:
+        for thread in (capture, worker):
+            if thread is not None:
+                await loop.run_in_executor(None, thread.join, self.config.shutdown_timeout_s)
+        while slot is not None and (captured := slot.get(timeout=0)) is not None:
             self._emit(skipped(captured.pts, captured.captured_at, ClientReason.UNSENT))
         for settled in self._matcher.abandon(ClientReason.NO_ANSWER):
             self._settle(settled)
         ticker.cancel()
         await asyncio.gather(ticker, return_exceptions=True)
         self._end_status()
-        if capture.error is not None:
+        if capture is not None and capture.error is not None:
             raise ShelfStreamError(f"capture failed: {capture.error}") from capture.error
 
     # ----------------------------------------------------------------- connection
 
-    async def _serve(
-        self, conn: StreamConnection, pump: asyncio.Task[str | None], hello: p.Hello
-    ) -> None:
+    async def _serve(self, conn: StreamConnection, pump: asyncio.Task[str | None]) -> None:
         """Stream on ``conn``, and on the ones that replace it, until the stream ends."""
+        self._serving = True
+        try:
+            await self._serve_connections(conn, pump)
+        finally:
+            self._serving = False
+            self._renegotiated.set()  # a pump waiting for a new connection gets none
+
+    async def _serve_connections(
+        self, conn: StreamConnection, pump: asyncio.Task[str | None]
+    ) -> None:
         current: StreamConnection | None = conn
         while current is not None:
             self._conn = current
             receiver = asyncio.create_task(self._receive(current), name="receiver")
-            await asyncio.wait({pump, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            new_hello = asyncio.create_task(self._new_hello.wait(), name="new-hello")
+            await asyncio.wait({pump, receiver, new_hello}, return_when=asyncio.FIRST_COMPLETED)
+            new_hello.cancel()
+            await asyncio.gather(new_hello, return_exceptions=True)
             if pump.done():  # the stream ended: every frame went to the socket or is settled
                 await self._finish(current, receiver)
                 return
+            if self._new_hello.is_set():
+                current = await self._renegotiate_connection(current, receiver, pump)
+                continue
             self._conn = None
             await current.close()
             self._connection_lost()
             if self.config.connection.reconnect is None or self._stop_requested:
                 return
-            current = await self._reconnect(hello, pump)
+            assert self._next_hello is not None
+            current = await self._reconnect(self._next_hello, pump)
+
+    async def _renegotiate_connection(
+        self, conn: StreamConnection, receiver: asyncio.Task[None], pump: asyncio.Task[str | None]
+    ) -> StreamConnection | None:
+        """The source changed (``SourceChanged``): finish ``conn``, answers included, and
+        open a connection with the new Hello."""
+        self._new_hello.clear()
+        try:
+            await self._finish(conn, receiver)
+            self._finishing = False
+            self._connection_lost()  # anything not answered by now; the next AU is a keyframe
+            assert self._next_hello is not None
+            try:
+                replacement = await self._open_connection(self._next_hello)
+            except ConnectionFailed as exc:
+                if self.config.connection.reconnect is None or self._stop_requested:
+                    log.error("%s", exc)
+                    return None
+                return await self._reconnect(self._next_hello, pump)
+            self._on_new_connection(replacement)
+            return replacement
+        finally:
+            self._renegotiated.set()
 
     async def _finish(self, conn: StreamConnection, receiver: asyncio.Task[None]) -> None:
         """Say Bye, wait for the last answers (bounded), close."""
@@ -509,10 +624,25 @@ class StreamClient:
             if isinstance(item, WorkerEnded):
                 return item.error
             if isinstance(item, FrameNotEncoded):
-                captured = item.captured
-                self._emit(skipped(captured.pts, captured.captured_at, item.reason))
+                self._on_not_sent(item)
+                continue
+            if isinstance(item, SourceChanged):
+                await self._renegotiate(item)
                 continue
             await self._forward(item)
+
+    async def _renegotiate(self, changed: SourceChanged) -> None:
+        """Wait until ``_serve`` has a connection with the new Hello (or has none)."""
+        if not self._serving or self._next_hello is None:
+            return
+        self._next_hello = replace(
+            self._next_hello, codec=changed.codec, width=changed.width,
+            height=changed.height, fps=changed.fps,
+        )  # fmt: skip
+        self._conn = None  # nothing more on the old stream
+        self._renegotiated.clear()
+        self._new_hello.set()
+        await self._renegotiated.wait()
 
     async def _forward(self, unit: EncodedUnit) -> None:
         conn = self._conn
@@ -590,7 +720,9 @@ class StreamClient:
         # way answers every request made before it arrives.
         if now - self._keyframe_forced_at < self.config.keyframe_min_interval_s:
             return
-        log.info("server asked for a keyframe (%s)", event.reason.name.lower())
+        # A camera passed through cannot make one: its worker says so, once.
+        level = logging.DEBUG if self._camera is not None else logging.INFO
+        log.log(level, "server asked for a keyframe (%s)", event.reason.name.lower())
         self._keyframe_forced_at = now
         if self._worker is not None:
             self._worker.send(ForceKeyframe())
@@ -608,6 +740,10 @@ class StreamClient:
 
     def _on_skipped(self, captured: CapturedFrame) -> None:
         self._emit(skipped(captured.pts, captured.captured_at, ClientReason.SKIPPED_AT_CAPTURE))
+
+    def _on_not_sent(self, item: FrameNotEncoded) -> None:
+        captured = item.captured
+        self._emit(skipped(captured.pts, captured.captured_at, item.reason))
 
     def _emit(self, record: FrameRecord, frame: av.VideoFrame | None = None) -> None:
         self.stats.on_record(time.monotonic(), record)
@@ -728,9 +864,7 @@ async def _ends_within(task: asyncio.Task[Any], seconds: float) -> bool:
     return bool(done)
 
 
-def _call_soon(
-    loop: asyncio.AbstractEventLoop, callback: Callable[[CapturedFrame], None], arg: CapturedFrame
-) -> None:
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[T], None], arg: T) -> None:
     with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
         loop.call_soon_threadsafe(callback, arg)
 

@@ -82,9 +82,12 @@ class LatestSlot(Generic[T]):
 
 @dataclass(slots=True)
 class CapturedFrame:
-    """A frame as captured, with its pts on the stream's clock and the local capture time."""
+    """A frame as captured, with its pts on the stream's clock and the local capture time.
 
-    frame: av.VideoFrame
+    ``frame`` is None for a camera's access unit passed through undecoded (``passthrough``).
+    """
+
+    frame: av.VideoFrame | None
     pts: int
     captured_at: float  # time.monotonic() seconds
 

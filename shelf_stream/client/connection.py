@@ -35,7 +35,11 @@ class ConnectionFailed(ShelfStreamError):
 
 
 class FatalRefusal(ShelfStreamError):
-    """The server refused the stream for a reason retrying cannot fix."""
+    """The server refused the stream for a reason retrying cannot fix (``code``)."""
+
+    def __init__(self, message: str, code: p.ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 _FATAL_ERRORS = {
@@ -163,8 +167,10 @@ async def _handshake(
     proto.receive_message(message)
     for event in proto.events_received():
         if isinstance(event, p.Error):
-            error = FatalRefusal if event.code in _FATAL_ERRORS else ConnectionFailed
-            raise error(f"server refused the stream: {event.message}")
+            message = f"server refused the stream: {event.message}"
+            if event.code in _FATAL_ERRORS:
+                raise FatalRefusal(message, event.code)
+            raise ConnectionFailed(message)
         if isinstance(event, p.Ready):
             return event
     raise ConnectionFailed("server did not answer the hello with ready")

@@ -95,7 +95,18 @@ class WorkerEnded:
     error: str | None = None
 
 
-Output = EncodedUnit | FrameNotEncoded | WorkerEnded
+@dataclass(frozen=True, slots=True)
+class SourceChanged:
+    """A pass-through camera came back streaming another codec or size: what follows
+    needs a new Hello (``passthrough``). Its first unit after this is a keyframe."""
+
+    codec: str
+    width: int
+    height: int
+    fps: float
+
+
+Output = EncodedUnit | FrameNotEncoded | WorkerEnded | SourceChanged
 
 
 class Outbox:
@@ -120,6 +131,16 @@ class Outbox:
             except queue.Full:
                 if abort.is_set():
                     return False
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(self._ready.set)
+        return True
+
+    def put_nowait(self, item: Output) -> bool:
+        """From the thread: put ``item`` if there is room now; False if full."""
+        try:
+            self._items.put_nowait(item)
+        except queue.Full:
+            return False
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             self._loop.call_soon_threadsafe(self._ready.set)
         return True
@@ -249,6 +270,7 @@ class EncoderWorker:
         encoder = self._encoder_for(settings.config)
         self._keyframe_wanted = False
         started = time.perf_counter()
+        assert captured.frame is not None  # the capture thread always has the picture
         encoded = encoder.encode(captured.frame, captured.pts, keyframe=keyframe)
         encode_ms = (time.perf_counter() - started) * 1000
         if self._permits is not None:

@@ -36,6 +36,10 @@ class ClientReason(enum.Enum):
     NO_ANSWER = enum.auto()  # unanswered for longer than the answer timeout
     CONNECTION_CLOSED = enum.auto()  # in flight when the connection ended
     TOO_MANY_PENDING = enum.auto()  # evicted: more frames in flight than the matcher holds
+    # Pass-through (a camera's own access units, ``passthrough``):
+    LINK_BEHIND = enum.auto()  # the socket had no room; a camera's frames cannot wait
+    AWAITING_CAMERA_KEYFRAME = enum.auto()  # would not decode: the stream resumes at a keyframe
+    CAMERA_DAMAGED = enum.auto()  # arrived damaged from the camera (packets lost on the way)
 
 
 #: Every reason a record may carry; ``reason.name.lower()`` is its name in files and logs.

@@ -27,7 +27,7 @@ from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 import av
 import numpy as np
@@ -35,10 +35,13 @@ from av.video.reformatter import VideoReformatter
 
 from shelf_stream.errors import ConfigError, ShelfStreamError
 
+if TYPE_CHECKING:
+    from shelf_stream.client.rtsp import RtspConfig
+
 log = logging.getLogger("shelf_stream.client")
 
-SourceKind = Literal["camera", "file", "scene", "testsrc"]
-SOURCE_KINDS: tuple[str, ...] = ("camera", "file", "scene", "testsrc")
+SourceKind = Literal["camera", "file", "scene", "testsrc", "rtsp"]
+SOURCE_KINDS: tuple[str, ...] = ("camera", "file", "scene", "testsrc", "rtsp")
 
 #: Above this many pixels a V4L2 camera is asked for MJPEG: raw YUYV over USB 2 tops out
 #: around 10 fps at 1280x720, MJPEG reaches the camera's full rate.
@@ -596,6 +599,7 @@ class SourceSpec:
     generated source (``scene``: 640x480 at 30 by default); a file keeps its own.
     ``seconds``: length of a generated source; ``None`` runs forever.
     ``pattern``: the lavfi source for ``kind="testsrc"``.
+    ``rtsp``: the IP camera for ``kind="rtsp"`` (``client.rtsp``).
     """
 
     kind: SourceKind
@@ -607,6 +611,7 @@ class SourceSpec:
     fps: float | None = None
     seconds: float | None = None
     pattern: str = "testsrc2"
+    rtsp: RtspConfig | None = None
 
 
 def open_source(spec: SourceSpec) -> FrameSource:
@@ -614,6 +619,12 @@ def open_source(spec: SourceSpec) -> FrameSource:
     if spec.kind == "camera":
         camera: str | int = spec.camera if spec.camera is not None else 0
         return CameraSource(camera, width=spec.width, height=spec.height, fps=spec.fps)
+    if spec.kind == "rtsp":
+        from shelf_stream.client.rtsp import RtspSource  # it builds on this module
+
+        if spec.rtsp is None:
+            raise ConfigError("an RTSP source needs its camera's URL")
+        return RtspSource(spec.rtsp)
     if spec.kind == "file":
         if spec.path is None:
             raise ConfigError("a file source needs a path")
