@@ -99,18 +99,19 @@ def test_tls_end_to_end_with_a_generated_certificate(detector: Detector, tmp_pat
 
 
 def test_healthz_and_metrics_count_a_stream(detector: Detector) -> None:
-    async def run() -> tuple[str, str]:
+    async def run() -> tuple[str, str, int]:
         async with Server(ServerConfig(host="127.0.0.1", port=0), detector) as server:
-            await _client(f"ws://127.0.0.1:{server.port}").run()
+            summary = await _client(f"ws://127.0.0.1:{server.port}").run()
             base = f"http://127.0.0.1:{server.port}"
             loop = asyncio.get_running_loop()
             health = await loop.run_in_executor(None, _get, base + "/healthz")
             metrics = await loop.run_in_executor(None, _get, base + "/metrics")
-            return health, metrics
+            return health, metrics, summary["frames_sent"]
 
-    health, metrics = asyncio.run(run())
+    health, metrics, sent = asyncio.run(run())
     assert '"status": "ok"' in health
-    assert "shelf_frames_received_total 20.0" in metrics
+    # Every frame the client sent (on a loaded machine some of the 20 are skipped).
+    assert sent > 0 and f"shelf_frames_received_total {float(sent)}" in metrics
     assert 'shelf_stage_seconds_count{stage="inference"}' in metrics
     processed = [
         line for line in metrics.splitlines() if line.startswith("shelf_frames_processed_total")
