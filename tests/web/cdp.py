@@ -72,10 +72,9 @@ class CdpError(RuntimeError):
 
 
 class Browser:
-    """One Chromium process and a DevTools connection to it."""
+    """A DevTools connection to a running Chromium, and the tabs it opened."""
 
-    def __init__(self, process: asyncio.subprocess.Process | None, ws: ClientConnection) -> None:
-        self.process = process
+    def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
         self._targets: list[str] = []  # tabs this client opened (closed by close())
         self._ids = itertools.count(1)
@@ -95,7 +94,8 @@ class Browser:
 
     async def open_page(self, width: int, height: int) -> str:
         """A new tab of ``width`` x ``height`` CSS pixels; returns its session id."""
-        target = await self.call("Target.createTarget", url="about:blank")
+        # A window of its own: a background tab of a shared window gets no video frames.
+        target = await self.call("Target.createTarget", url="about:blank", newWindow=True)
         self._targets.append(target["targetId"])
         attached = await self.call(
             "Target.attachToTarget", targetId=target["targetId"], flatten=True
@@ -139,23 +139,13 @@ class Browser:
         await self.call("Page.navigate", session, url=url)
 
     async def close(self) -> None:
-        """Close this client's tabs, then the browser if this client launched it."""
+        """Close this client's tabs and its connection (the browser goes on)."""
         for target in self._targets:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.call("Target.closeTarget", targetId=target), 5)
-        if self.process is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.call("Browser.close"), 5)
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
         await self._ws.close()
-        if self.process is None:
-            return
-        try:
-            await asyncio.wait_for(self.process.wait(), 10)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
 
     async def _read(self) -> None:
         async for raw in self._ws:
@@ -181,47 +171,6 @@ class Browser:
             details = params.get("exceptionDetails", {})
             description = details.get("exception", {}).get("description") or details.get("text")
             self.console.append(f"exception: {description}")
-
-
-async def _devtools_url(profile: Path, process: asyncio.subprocess.Process) -> str:
-    """Chromium writes its port and browser path to DevToolsActivePort once it listens."""
-    port_file = profile / "DevToolsActivePort"
-    for _ in range(300):
-        if process.returncode is not None:
-            raise CdpError(f"Chromium exited with status {process.returncode} at start")
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            lines = port_file.read_text().split()
-            if len(lines) >= 2:
-                return f"ws://127.0.0.1:{int(lines[0])}{lines[1]}"
-        await asyncio.sleep(0.05)
-    raise CdpError("Chromium did not open its DevTools port within 15 s")
-
-
-@contextlib.asynccontextmanager
-async def launch(
-    executable: str, profile: Path, fake_video: Path, log: Path
-) -> AsyncIterator[Browser]:
-    """Run Chromium until the block ends; its stderr goes to ``log``."""
-    profile.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            *chromium_args(executable, profile, fake_video),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        url = await _devtools_url(profile, process)
-        ws = await connect_ws(url)
-    except BaseException:
-        process.kill()
-        await process.wait()
-        raise
-    browser = Browser(process, ws)
-    try:
-        yield browser
-    finally:
-        await browser.close()
 
 
 class ChromiumProcess:
@@ -269,7 +218,7 @@ class ChromiumProcess:
 async def connect(chromium: ChromiumProcess) -> AsyncIterator[Browser]:
     """A DevTools client of a running Chromium, for one test's event loop."""
     ws = await connect_ws(chromium.url)
-    browser = Browser(None, ws)
+    browser = Browser(ws)
     try:
         yield browser
     finally:

@@ -95,30 +95,40 @@ def write_y4m(path: Path) -> Path:
     return path
 
 
-# Read in the page (injected by the tests): the barcode of the picture shown in `source`
-# (a video or canvas element) through `fit` (where the streamed frame lies on it, CSS px).
+# Read in the page (injected by the tests): the frame index a picture carries.
+#   shelfBarcode.fromVideo(video)          the frame a <video> shows now
+#   shelfBarcode.fromCanvas(canvas)        a canvas holding a streamed frame 1:1
+#   shelfBarcode.onScreen(canvas, fit, w)  a frame drawn into `fit` (CSS px) of a canvas
 READ_BARCODE_JS = f"""
-function shelfReadBarcode(source, fit, frameWidth) {{
-  const scale = fit.w / frameWidth;
-  const canvas = shelfReadBarcode.canvas ??= document.createElement('canvas');
-  const bits = {BITS}, bitW = {BIT_W}, bitY = {BIT_Y + BIT_H // 2}, bitX = {BIT_X};
-  let sample;
-  if (source instanceof HTMLVideoElement) {{
-    canvas.width = {WIDTH}; canvas.height = {HEIGHT};
-    const ctx = canvas.getContext('2d', {{ willReadFrequently: true }});
-    ctx.drawImage(source, 0, 0, {WIDTH}, {HEIGHT});
-    sample = (x, y) => ctx.getImageData(x, y, 1, 1).data;
-  }} else {{
-    const ctx = source.getContext('2d', {{ willReadFrequently: true }});
-    const dpr = source.width / source.getBoundingClientRect().width;
-    sample = (x, y) => ctx.getImageData(
-      Math.round((fit.x + x * scale) * dpr), Math.round((fit.y + y * scale) * dpr), 1, 1).data;
-  }}
-  let index = 0;
-  for (let bit = 0; bit < bits; bit++) {{
-    const px = sample(bitX + bit * bitW + (bitW - 4) / 2, bitY);
-    if ((px[0] + px[1] + px[2]) / 3 > 128) index |= 1 << bit;
-  }}
-  return index;
-}}
+window.shelfBarcode = (() => {{
+  const bits = {BITS}, bitW = {BIT_W}, bitX = {BIT_X}, bitY = {BIT_Y + BIT_H // 2};
+  const decode = (sample) => {{
+    let index = 0;
+    for (let bit = 0; bit < bits; bit++) {{
+      const px = sample(bitX + bit * bitW + (bitW - 4) / 2, bitY);
+      if ((px[0] + px[1] + px[2]) / 3 > 128) index |= 1 << bit;
+    }}
+    return index;
+  }};
+  const scratch = document.createElement('canvas');
+  scratch.width = {WIDTH}; scratch.height = {HEIGHT};
+  const scratchCtx = scratch.getContext('2d', {{ willReadFrequently: true }});
+  const at = (ctx, x, y) => ctx.getImageData(Math.round(x), Math.round(y), 1, 1).data;
+  return {{
+    fromVideo(video) {{
+      scratchCtx.drawImage(video, 0, 0, {WIDTH}, {HEIGHT});
+      return decode((x, y) => at(scratchCtx, x, y));
+    }},
+    fromCanvas(canvas) {{
+      const ctx = canvas.getContext('2d');
+      return decode((x, y) => at(ctx, x, y));
+    }},
+    onScreen(canvas, fit, frameWidth) {{
+      const ctx = canvas.getContext('2d');
+      const dpr = canvas.width / canvas.getBoundingClientRect().width;
+      const scale = fit.w / frameWidth;
+      return decode((x, y) => at(ctx, (fit.x + x * scale) * dpr, (fit.y + y * scale) * dpr));
+    }},
+  }};
+}})();
 """

@@ -21,6 +21,7 @@ import pytest
 
 from shelf_stream import protocol as p
 from shelf_stream.bench.link import LinkConfig
+from shelf_stream.client.bitrate_fit import BitrateFit
 from shelf_stream.client.controller import RateControlConfig, Target
 from shelf_stream.client.ladder import Rung, default_ladder
 from shelf_stream.errors import RemoteProtocolError
@@ -267,3 +268,62 @@ def test_probe_js_measures_and_starts_as_the_python_probe(
             else:
                 assert js["result"][key] == value, key
         assert js["choice"] == trace["choice"]
+
+
+# ------------------------------------------------------------------------ tracker, ring
+
+LATENCY_MS, FRAME_MS, SPEED = 250.0, 1000 / 15, 0.2  # 0.2 px/ms: a 200 px/s pan
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def test_tracker_and_frame_ring_on_synthetic_scenes(
+    chromium: cdp.ChromiumProcess, stub_detector: StubDetector
+) -> None:
+    data = {"latencyMs": LATENCY_MS, "frameMs": FRAME_MS, "speedPxPerMs": SPEED}
+    out = asyncio.run(_run_in_page(chromium, stub_detector, "tracker_cases.js", data))
+    steady = out["steady"]
+    print(
+        f"tracker, steady 200 px/s pan at {LATENCY_MS:g} ms: raw mean "
+        f"{_mean(steady['raw']):.1f} px, compensated max {max(steady['compensated']):.3f} px; "
+        f"after the pan stops: {out['afterStop']}"
+    )
+    # Raw boxes trail by the speed times (latency + the newest result's age).
+    assert _mean(steady["raw"]) > SPEED * LATENCY_MS
+    # Extrapolated to the frame on screen, a steady pan leaves (almost) nothing.
+    assert max(steady["compensated"]) < 1.0
+    # A pan that stops: with the gyroscope the boxes stop with it; without, they overshoot
+    # for about one latency, by up to the distance the pan covers in it.
+    assert out["afterStop"]["gyro"] < 3.0
+    assert out["afterStop"]["noGyro"] > 0.5 * SPEED * LATENCY_MS
+    fade = out["fade"]
+    assert fade["at300"] == 1.0 and 0.2 < fade["at900"] < 0.8 and fade["at1400"] is None
+    # Identities: each track keeps its object (its position less the pan stays put).
+    first = out["ids"][1]
+    assert all(step == first for step in out["ids"][1:]), out["ids"]
+    # The newcomer moves with the scene from its first result on.
+    assert out["sceneVx"] == pytest.approx(SPEED, rel=0.01)
+    ring = out["ring"]
+    assert ring["openAfterAdd"] == 5  # bounded: the three oldest were closed on eviction
+    assert ring["afterTake"] == {"open": 2, "size": 1, "taken": 6, "hasBitmap": True}
+    assert ring["openAtEnd"] == 0 and ring["sizeAtEnd"] == 0
+
+
+def test_bitrate_fit_js_learns_as_the_python_one(
+    chromium: cdp.ChromiumProcess, stub_detector: StubDetector
+) -> None:
+    fit = BitrateFit()
+    frames, expected = [], []
+    for i in range(400):  # an encoder giving 70-110 % of its budget, then a still scene
+        share = 0.7 + 0.4 * ((i * 37) % 100) / 100 if i < 300 else 0.3
+        kbps, fps = (600.0, 15.0) if i < 200 else (350.0, 7.5)
+        size = round(kbps * 1000 / 8 / fps * share)
+        now, target = i / fps, 300.0 + i
+        fit.on_encoded(size, kbps, fps, now)
+        frames.append([size, kbps, fps, now, target])
+        expected.append([fit.factor, fit.encoder_kbps(target)])
+    out = asyncio.run(_run_in_page(chromium, stub_detector, "fit_replay.js", frames))
+    assert out == expected
+    assert len({factor for factor, _ in expected}) > 3  # it did learn, several times
