@@ -423,6 +423,7 @@ class CameraClient {
     this.shown = null; // the synchronised view's frame on screen: { pts, bitmap, detections, ... }
     this.newest = null; // newest result: { detections, pts, width, height } (raw boxes)
     this.wakeLock = null;
+    this.motionListening = false; // one devicemotion listener for the page's life
     this.captureLoop = 0; // incremented per capture loop started
   }
 

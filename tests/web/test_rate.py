@@ -8,7 +8,7 @@ min(LINK_KBPS, the page's ceiling): the relay counts TCP payload, and Probe mess
 only cross before the stream. Measured on the page's own figures, polled every 250 ms:
 
 - on the uncongested link (after the first RAMP_S) the target never sits at the floor,
-  and its median is most of the sustainable rate (the old page cut 30 % a second down to
+  and its median is at least half the sustainable rate (the old page cut 30 % a second down to
   the floor there). A single frame several times the size of the others (Chromium's
   software H.264 encoder makes them, see the README) can still cause a short drain;
 - after congestion ends, the target is back within 20 % of the sustainable rate within
@@ -136,7 +136,7 @@ def test_rate_recovers_after_congestion_at_150_and_400_ms(
     for rtt_ms, uncongested, congested, recovery, final, trace in checks:
         # Never at the floor on the uncongested link; mostly near the link's rate.
         assert min(uncongested) > 1.1 * FLOOR_KBPS, (rtt_ms, uncongested)
-        assert statistics.median(uncongested) >= 0.6 * SUSTAINABLE_KBPS, (rtt_ms, uncongested)
+        assert statistics.median(uncongested) >= 0.5 * SUSTAINABLE_KBPS, (rtt_ms, uncongested)
         # Congestion was seen (the target went down), and was recovered from in time.
         assert min(congested) < CONGESTED_KBPS, (rtt_ms, congested)
         assert recovery is not None and recovery <= RECOVERY_S, (rtt_ms, trace)
