@@ -470,12 +470,12 @@ class CameraClient {
     // The system took the camera away for a while (a call, another app, the lock screen).
     track.addEventListener("mute", () => {
       this.cameraMuted = true;
-      if (!this.stopping) setState("camera paused by the system");
+      if (!this.stopping && !this.paused) setState("camera paused by the system");
     });
     track.addEventListener("unmute", () => {
       this.cameraMuted = false;
       this.forceKeyframe = true; // the picture jumped: start the chain afresh
-      if (!this.stopping) setState(this.streamingState());
+      if (!this.stopping && !this.paused) setState(this.streamingState());
     });
   }
 
@@ -825,6 +825,8 @@ class CameraClient {
       target.height !== this.size.height ||
       target.fps !== this.fps;
     if (rungChanged) {
+      // Tracks are in the old size's pixels, and the next frames' boxes in the new one's.
+      if (target.width !== this.size.width) this.tracker.clear();
       this.setRung(target);
       this.forceKeyframe = true;
       stats.rungChanges += 1;
