@@ -92,6 +92,7 @@ const settings = readSettings(new URLSearchParams(location.search));
 // Live figures, also read by tests through the DevTools protocol.
 const stats = {
   state: "idle",
+  states: [],
   view: settings.view,
   codec: null,
   codecString: null,
@@ -179,6 +180,10 @@ function showMessage(text, kind = "info") {
 }
 
 function setState(state) {
+  if (stats.state !== state) {
+    stats.states.push(state); // the way here, for tests and bug reports (bounded)
+    if (stats.states.length > 30) stats.states.shift();
+  }
   stats.state = state;
   ui.state.textContent = state;
 }

@@ -78,6 +78,9 @@ async def _both_views(
     async with serving(detector) as server, cdp.connect(chromium) as browser:
         session = await open_page(browser, f"http://127.0.0.1:{server.port}/?autostart=1")
         live = await wait_stats(browser, session, _has_boxes, DEADLINE_S, "draw boxes")
+        live["fpsText"] = await browser.evaluate(
+            session, "document.getElementById('fps').textContent"
+        )
         # The live view: the state says what it waited for before the first result.
         _keep_screenshot("live", await _screenshot(browser, session), tmp)
         await click(browser, session, "mode")
@@ -125,6 +128,11 @@ def test_streams_and_draws_boxes_in_both_views(
     assert "H.265/HEVC" in live["codecReason"]  # the page says why it fell back
     assert (live["width"], live["height"]) == (640, 480)
     assert live["probe"]["rttMs"] is not None  # it measured the link before streaming
+    # It said what it was doing on the way: no "streaming" before anything came back.
+    way = live["states"]
+    assert way.index("measuring the link") < way.index("waiting for the first result")
+    assert way.index("waiting for the first result") < way.index("streaming"), way
+    assert live["fpsText"].endswith("results/s")  # what the figure is, not "fps"
     assert live["keyframesSent"] >= 1 and run["frames_in"] >= live["results"]
     assert live["latencyP50"] is not None and live["latencyP95"] >= live["latencyP50"]
     assert live["kbps"] > 0 and live["fps"] > 0 and not live["errors"]
@@ -431,3 +439,32 @@ async def run_page(
     finally:
         chromium.close()
     return PageRun(stats, time.monotonic() - started)
+
+
+async def _phone_layout(chromium: cdp.ChromiumProcess, stub: StubDetector) -> dict[str, Any]:
+    """A phone-sized portrait viewport with the front camera, before Start."""
+    probe = """(() => {
+      const r = (id) => document.getElementById(id).getBoundingClientRect();
+      const video = document.getElementById('video');
+      return { controlsBottom: r('controls').bottom, startHeight: r('start').height,
+               modeHeight: r('mode').height, stageHeight: r('stage').height,
+               mirrored: document.getElementById('stage').classList.contains('mirrored'),
+               transform: getComputedStyle(video).transform, innerHeight };
+    })()"""
+    async with serving(stub) as server, cdp.connect(chromium) as browser:
+        url = f"http://127.0.0.1:{server.port}/?facing=user"
+        session = await open_page(browser, url, viewport=(390, 844))
+        await wait_stats(browser, session, lambda s: s["state"] == "idle", 10, "load")
+        return dict(await browser.evaluate(session, probe))
+
+
+def test_phone_layout_and_mirrored_front_camera(
+    chromium: cdp.ChromiumProcess, stub_detector: StubDetector
+) -> None:
+    layout = asyncio.run(_phone_layout(chromium, stub_detector))
+    # The controls sit at the bottom of the screen, big enough for a thumb.
+    assert abs(layout["controlsBottom"] - layout["innerHeight"]) <= 1, layout
+    assert layout["startHeight"] >= 48 and layout["modeHeight"] >= 48, layout
+    assert layout["stageHeight"] > 0.5 * layout["innerHeight"], layout  # the picture fills it
+    # The front camera's preview is a mirror.
+    assert layout["mirrored"] and layout["transform"].startswith("matrix(-1"), layout
