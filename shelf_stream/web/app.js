@@ -3,34 +3,57 @@
 // camera (getUserMedia) ─▶ <video> ─▶ capture canvas at the streamed size ─▶ VideoFrame
 //   ─▶ WebCodecs VideoEncoder (HEVC if the browser can, else H.264; Annex-B, realtime)
 //   ─▶ one Video message per access unit over a WebSocket to this page's own server
-//   ◀─ Result / Dropped / KeyframeRequest / Feedback / Error, matched by pts
-//   ─▶ boxes drawn on a canvas over the camera view; FPS, kbit/s and latency below it.
+//   ◀─ Result / Dropped / KeyframeRequest / Feedback / ProbeAck / Error
+//   ─▶ boxes on the live view (moved to where the objects are now: tracker.js) or on the
+//      very frame they belong to (synchronised view: framering.js); figures below.
 //
-// It speaks exactly the protocol `shelf-stream send` speaks (see protocol.js), so the
-// server treats it like any other stream. Settings come from the page address:
-//   ?autostart=1   start without a tap (kiosks, tests)
-//   ?token=SECRET  the server's shared secret (serve --token)
-//   ?codec=h264    force a codec (hevc or h264); default: HEVC where supported
-//   ?fps=15  ?size=640 (long side of the streamed frame)  ?bitrate=KBPS (start rate)
-//   ?facing=user   the front camera (default: the rear one, "environment")
+// Per connection: Hello → Ready → a short link probe (probe.js) picks the start → frames,
+// their rate driven by the server's Feedback through the same delay-based controller as
+// `shelf-stream send` (controller.js, a port of client/controller.py).
 //
-// Everything a test or a curious user may want is mirrored in `window.shelfStats`.
+// It speaks exactly the protocol `shelf-stream send` speaks (protocol.js), so the server
+// treats it like any other stream. Settings come from the page address (see README):
+//   ?autostart=1 ?token=SECRET ?codec=h264|hevc ?fps=15 ?size=640 ?bitrate=KBPS
+//   ?max_bitrate=KBPS ?facing=user ?view=sync
+//
+// Everything a test or a curious user may want is mirrored in `window.shelfStats`;
+// `window.shelfDebug.onDraw/onCapture`, when a test sets them, see each drawing and capture.
 
+import { BitrateFit, FrameThinner, Retarget } from "./adaptation.js";
+import { RateController, rateControlConfig } from "./controller.js";
+import { FrameRing } from "./framering.js";
+import { defaultLadder, rungName } from "./ladder.js";
+import { BandwidthProbe, PROBE_CONFIG, chooseStart } from "./probe.js";
 import {
   TIME_BASE_HZ,
   decodeMessage,
   encodeBye,
   encodeHello,
+  encodeProbe,
   encodeVideo,
   isAnnexB,
 } from "./protocol.js";
+import { BoxTracker, MotionHistory } from "./tracker.js";
+import { drawBoxes, drawPicture, fitRect, prepareCanvas, toScreen } from "./view.js";
 
-const KEYFRAME_INTERVAL_MS = 4000; // periodic keyframe; the server asks for more when it needs one
-const RING_SIZE = 90; // captured frames remembered for matching answers by pts (~6 s at 15 fps)
-const WINDOW_MS = 2000; // FPS and kbit/s are averaged over this window
+// Periodic keyframe, as `shelf-stream send` (10 s): the server asks for one whenever it
+// needs it, and each is a burst of several frames' bytes that the rate controller must
+// look past (at 600 kbit/s a 640x480 keyframe holds the link for a third of a second).
+const KEYFRAME_INTERVAL_MS = 10000;
+const SENT_RING_SIZE = 90; // captured frames remembered to stamp their chunks (~6 s at 15 fps)
+const WINDOW_MS = 2000; // results/s and kbit/s are averaged over this window
 const LATENCY_SAMPLES = 200; // p50/p95 over the last this many results
-const BOXES_STALE_MS = 1000; // boxes older than this are taken off the picture
+const TICK_MS = 100; // rate controller timer and watchdogs
 const STATUS_INTERVAL_MS = 500;
+// From `new WebSocket` to Ready. A server answers a Hello in milliseconds; the rest is
+// TCP, TLS and the upgrade, which take a few seconds at worst on a slow cellular link.
+const HANDSHAKE_TIMEOUT_MS = 8000;
+// Frames sent and none answered for this long: the socket is half-open (a Wi-Fi to
+// cellular handover) or the server is stuck. Every pts gets an answer within the server's
+// max frame age (0.5 s) plus the round trip, so 3 s is far beyond a slow link.
+const ANSWER_TIMEOUT_MS = 3000;
+const MAX_IN_FLIGHT_S = 2; // more than this many seconds of frames unanswered: skip frames
+const SYNC_RING_S = 2; // the synchronised view keeps this much video (at most 30 frames)
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const BYE_TIMEOUT_MS = 3000; // after Bye, wait this long for the server to answer and close
 // Server errors that a retry cannot fix: show them and stop instead of reconnecting.
@@ -49,9 +72,13 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   start: $("start"),
   stop: $("stop"),
+  mode: $("mode"),
   message: $("message"),
+  stage: $("stage"),
   video: $("video"),
+  view: $("view"),
   overlay: $("overlay"),
+  viewNote: $("view-note"),
   state: $("state"),
   fps: $("fps"),
   kbps: $("kbps"),
@@ -65,16 +92,25 @@ const settings = readSettings(new URLSearchParams(location.search));
 // Live figures, also read by tests through the DevTools protocol.
 const stats = {
   state: "idle",
+  states: [],
+  view: settings.view,
   codec: null,
   codecString: null,
   codecReason: "",
   width: 0,
   height: 0,
+  fpsTarget: 0,
   targetKbps: 0,
+  encoderKbps: 0,
+  rung: "",
+  probe: null,
+  controller: null,
   framesCaptured: 0,
   framesSent: 0,
   framesSkipped: 0,
+  framesThinned: 0,
   keyframesSent: 0,
+  keyframesUnrequested: 0, // key chunks the page did not ask for (e.g. after configure())
   keyframeRequests: 0,
   bytesSent: 0,
   results: 0,
@@ -83,20 +119,30 @@ const stats = {
   dropReasons: {},
   labels: {},
   boxesDrawn: 0,
-  fps: 0,
+  fps: 0, // results per second
   sendFps: 0,
   kbps: 0,
   latencyP50: null,
   latencyP95: null,
   bufferedAmount: 0,
-  backlogMs: 0,
+  inFlight: 0,
   bitrateChanges: 0,
+  rungChanges: 0,
   connections: 0,
   reconnects: 0,
+  everConnected: false,
+  videoFramesOpen: 0,
+  bitmapsOpen: 0,
+  ringFrames: 0,
+  tracks: 0,
+  motion: "none",
+  wakeLock: "off",
   message: "",
   errors: [],
 };
 window.shelfStats = stats;
+// Test hooks (null in normal use): called with each drawing and each captured frame.
+window.shelfDebug = { onDraw: null, onCapture: null };
 
 /** An error whose message is meant for the person in front of the page. */
 class UserError extends Error {}
@@ -114,7 +160,9 @@ function readSettings(params) {
     fps: number("fps", 15, 1, 60),
     size: Math.round(number("size", 640, 64, 3840)),
     bitrateKbps: number("bitrate", 0, 50, 50000) || null,
+    maxBitrateKbps: number("max_bitrate", 0, 50, 50000) || null,
     facing: params.get("facing") === "user" ? "user" : "environment",
+    view: params.get("view") === "sync" ? "sync" : "live",
   };
 }
 
@@ -132,6 +180,10 @@ function showMessage(text, kind = "info") {
 }
 
 function setState(state) {
+  if (stats.state !== state) {
+    stats.states.push(state); // the way here, for tests and bug reports (bounded)
+    if (stats.states.length > 30) stats.states.shift();
+  }
   stats.state = state;
   ui.state.textContent = state;
 }
@@ -144,9 +196,16 @@ function checkBrowser() {
     );
   }
   if (typeof VideoEncoder === "undefined" || typeof VideoFrame === "undefined") {
+    const android = /Android/i.test(navigator.userAgent);
+    const ios = /iPhone|iPad|iPod/i.test(navigator.userAgent);
+    // Firefox for Android has no WebCodecs at all (desktop Firefox has since 130).
+    const advice = android
+      ? "On Android use Chrome, Edge or Samsung Internet."
+      : ios
+        ? "On iPhone and iPad update iOS to 16.4 or later (Safari or any browser)."
+        : "Use a recent Chrome, Edge, Safari (16.4+) or Firefox (130+).";
     throw new UserError(
-      "This browser cannot encode video (no WebCodecs VideoEncoder). Use a recent Chrome, " +
-        "Edge, Safari (16.4+) or Firefox (130+).",
+      `This browser cannot encode video (it has no WebCodecs VideoEncoder). ${advice}`,
     );
   }
 }
@@ -168,6 +227,27 @@ function cameraError(error) {
     default:
       return new UserError(`The camera could not be opened: ${error?.message ?? error}`);
   }
+}
+
+/** Why a connection that never reached Ready failed, in words a user can act on. */
+function neverConnectedText(opened, event) {
+  const host = location.host;
+  if (opened) {
+    return `The server at ${host} accepted the connection but did not answer (${closeText(event)})`;
+  }
+  if (location.protocol === "https:") {
+    // Browsers do not say why a wss:// connection failed; with a page served over
+    // https by the same server, an untrusted certificate is by far the usual reason
+    // (iOS Safari does not extend an exception accepted for the page to its WebSocket).
+    return (
+      `The secure connection to ${host} failed before it opened. Likely cause: this ` +
+      "device does not trust the server's certificate. Fix: install the certificate (or " +
+      "mkcert's root CA) on this device and trust it (iPhone: Settings → General → About → " +
+      "Certificate Trust Settings), or give the server a certificate from a public CA; " +
+      "then reload"
+    );
+  }
+  return `Could not reach the server at ${host} (is it running, and is the address right?)`;
 }
 
 // --------------------------------------------------------------------- camera, codec
@@ -207,16 +287,6 @@ function streamSize(videoWidth, videoHeight) {
   return { width: even(videoWidth), height: even(videoHeight) };
 }
 
-function startBitrateKbps(codec, { width, height }) {
-  if (settings.bitrateKbps) return settings.bitrateKbps;
-  // Bits per pixel that look fine for detection on a hand-held camera; HEVC needs less.
-  const bitsPerPixel = codec === "hevc" ? 0.07 : 0.1;
-  return Math.min(
-    8000,
-    Math.max(150, Math.round((width * height * settings.fps * bitsPerPixel) / 1000)),
-  );
-}
-
 /** The codec string: the lowest level that holds this size and rate. */
 function codecString(codec, width, height, fps) {
   if (codec === "hevc") {
@@ -244,14 +314,18 @@ function codecString(codec, width, height, fps) {
   return `avc1.42E0${level.toString(16).toUpperCase().padStart(2, "0")}`;
 }
 
-function encoderConfig(codec, { width, height }, bitrateKbps) {
+function encoderConfig(codec, { width, height }, bitrateKbps, fps) {
   const config = {
-    codec: codecString(codec, width, height, settings.fps),
+    codec: codecString(codec, width, height, fps),
     width,
     height,
-    framerate: settings.fps,
+    framerate: fps,
     bitrate: Math.round(bitrateKbps * 1000),
     latencyMode: "realtime", // one access unit out per frame in, no lookahead
+    // Constant bitrate: frame sizes the link can take one after another. With "variable",
+    // Chromium's H.264 encoder sent bursts at twice the target (measured in test_rate.py's
+    // figures), which the delay-based controller reads as a queue building.
+    bitrateMode: "constant",
     hardwareAcceleration: "no-preference",
   };
   // Annex-B (start codes, parameter sets in keyframes): what the server's decoder reads.
@@ -269,7 +343,7 @@ async function chooseCodec(size, exclude = []) {
   const candidates = wanted.filter((codec) => !exclude.includes(codec));
   const problems = [...exclude.map((codec) => `${CODEC_LABELS[codec]} refused by the server`)];
   for (const codec of candidates) {
-    const config = encoderConfig(codec, size, startBitrateKbps(codec, size));
+    const config = encoderConfig(codec, size, 500, settings.fps);
     const label = CODEC_LABELS[codec];
     let support;
     try {
@@ -304,13 +378,19 @@ async function chooseCodec(size, exclude = []) {
 class CameraClient {
   constructor() {
     this.camera = null; // MediaStream
-    this.size = null; // { width, height } streamed
+    this.cameraSize = null; // { width, height } streamed at the top rung
+    this.size = null; // { width, height } streamed now (the rung's)
+    this.fps = settings.fps; // frames per second now (the rung's)
     this.codec = null; // { codec, codecString, reason }
+    this.ladder = [];
     this.ws = null;
+    this.wsOpened = false; // this connection's socket opened (Hello sent)
     this.ready = null; // the server's Ready
     this.encoder = null; // one VideoEncoder per connection: each stream starts afresh
-    this.streaming = false; // Ready received, frames may be encoded and sent
+    this.streaming = false; // the start is chosen: frames may be encoded and sent
     this.stopping = false; // Stop pressed: no reconnects
+    this.paused = false; // the page is hidden: no stream until it is shown again
+    this.cameraMuted = false; // the system paused the camera (track muted)
     this.fatal = null; // a server error a reconnect cannot fix
     this.restart = false; // closing on purpose to start a new stream (camera rotated)
     this.byeSent = false; // no Video may follow a Bye on this connection
@@ -318,39 +398,57 @@ class CameraClient {
     this.excludedCodecs = [];
     this.reconnectAttempt = 0;
     this.reconnectTimer = null;
+    this.handshakeTimer = null;
+    this.everConnected = false; // any Ready since Start: "lost" rather than "never connected"
     this.seq = 0;
     this.lastPts = -1;
     this.epochUs = null;
-    this.ring = []; // recently captured frames: { timestampUs, pts, captureUs, width, height }
-    this.inFlight = new Set(); // pts sent on this connection and not answered yet
+    this.sentFrames = []; // recently captured frames: { timestampUs, pts, captureUs, width, height, keyFrame }
+    this.inFlight = new Map(); // pts → sent at (ms), on this connection, not answered yet
+    this.lastAnswerAt = 0;
     this.forceKeyframe = true;
     this.lastKeyframeAt = -Infinity;
     this.lastCaptureAt = -Infinity;
     this.captureCanvas = document.createElement("canvas");
     this.captureContext = this.captureCanvas.getContext("2d", { alpha: false });
-    this.bitrateKbps = 0;
-    this.maxKbps = 0;
-    this.minKbps = 0;
-    this.calmSince = 0;
-    this.lastBitrateChange = 0;
+    this.probe = null;
+    this.probeTimer = null;
+    this.controller = null;
+    this.retarget = null;
+    this.thinner = new FrameThinner();
+    this.fit = new BitrateFit(); // lives across connections: it learns the encoder, not the link
+    this.encoderTarget = null; // { bitrateKbps, fps, width, height } the encoder runs at
+    this.encoderKbps = 0; // what it is configured with for that target (see BitrateFit)
     this.sentLog = []; // [time, bytes] of sent Video messages, for kbit/s and send FPS
     this.resultTimes = [];
     this.latencies = [];
-    this.lastBoxes = null; // { detections, width, height, at }
+    this.tracker = new BoxTracker();
+    this.motion = new MotionHistory({ facing: settings.facing });
+    this.ring = new FrameRing(Math.min(30, Math.ceil(settings.fps * SYNC_RING_S)));
+    this.shown = null; // the synchronised view's frame on screen: { pts, bitmap, detections, ... }
+    this.newest = null; // newest result: { detections, pts, width, height } (raw boxes)
+    this.wakeLock = null;
+    this.motionListening = false; // one devicemotion listener for the page's life
     this.captureLoop = 0; // incremented per capture loop started
   }
+
+  // ----------------------------------------------------------------- lifecycle
 
   async start() {
     ui.start.disabled = true;
     this.stopping = false;
+    this.paused = false;
     this.fatal = null;
     this.serverError = null;
+    this.everConnected = false;
     showMessage("");
+    // iOS asks for motion access only from a tap: ask before anything is awaited.
+    const motion = requestMotionPermission();
     try {
       checkBrowser();
       setState("opening camera");
       this.camera = await openCamera();
-      this.camera.getVideoTracks()[0]?.addEventListener("ended", () => this.cameraEnded());
+      this.watchTrack(this.camera.getVideoTracks()[0]);
       await showCamera(this.camera);
       await this.prepareStream();
     } catch (error) {
@@ -363,31 +461,108 @@ class CameraClient {
       ui.start.disabled = false;
       return;
     }
+    this.listenToMotion(await motion);
     ui.start.hidden = true;
     ui.stop.hidden = false;
     this.startCaptureLoop();
+    this.holdWakeLock();
     this.connect();
   }
 
-  /** Frame size, codec and starting bitrate for the camera's current picture. */
+  watchTrack(track) {
+    if (!track) return;
+    track.addEventListener("ended", () => this.cameraEnded());
+    // The system took the camera away for a while (a call, another app, the lock screen).
+    track.addEventListener("mute", () => {
+      this.cameraMuted = true;
+      if (!this.stopping && !this.paused) setState("camera paused by the system");
+    });
+    track.addEventListener("unmute", () => {
+      this.cameraMuted = false;
+      this.forceKeyframe = true; // the picture jumped: start the chain afresh
+      if (!this.stopping && !this.paused) setState(this.streamingState());
+    });
+  }
+
+  listenToMotion(allowed) {
+    if (!allowed || this.motionListening) return;
+    this.motionListening = true;
+    window.addEventListener("devicemotion", (event) => {
+      if (!event.rotationRate) return;
+      const angle = screen.orientation?.angle ?? window.orientation ?? 0;
+      this.motion.add(event.rotationRate, event.timeStamp || performance.now(), angle);
+      stats.motion = this.motion.active ? "gyroscope" : "none";
+    });
+  }
+
+  /** Keep the screen on while streaming (a scan takes longer than the lock timeout). */
+  async holdWakeLock() {
+    if (!("wakeLock" in navigator)) {
+      stats.wakeLock = "unsupported (the screen may lock; keep touching it)";
+      return;
+    }
+    if (this.wakeLock || this.stopping || document.visibilityState !== "visible") return;
+    try {
+      this.wakeLock = await navigator.wakeLock.request("screen");
+      stats.wakeLock = "on";
+      // The browser releases it when the page is hidden; onVisible takes it again.
+      this.wakeLock.addEventListener("release", () => {
+        this.wakeLock = null;
+        stats.wakeLock = "released";
+      });
+    } catch (error) {
+      stats.wakeLock = `refused (${error.name}): the screen may lock`;
+    }
+  }
+
+  releaseWakeLock() {
+    const lock = this.wakeLock;
+    this.wakeLock = null;
+    lock?.release().catch(() => {});
+    stats.wakeLock = "off";
+  }
+
+  /** Hidden (another app, the lock screen): end the stream, keep the camera. */
+  onHidden() {
+    if (!this.camera || this.stopping || this.paused) return;
+    this.paused = true;
+    clearTimeout(this.reconnectTimer);
+    this.endStream();
+    setState("paused (page hidden)");
+  }
+
+  /** Shown again: the video may have been paused by the system; start a fresh stream. */
+  onVisible() {
+    if (!this.camera || this.stopping || !this.paused) return;
+    this.paused = false;
+    ui.video.play().catch(() => {});
+    this.holdWakeLock();
+    this.reconnectAttempt = 0;
+    this.connect();
+  }
+
+  /** Frame size and codec for the camera's current picture. */
   async prepareStream() {
-    this.size = streamSize(ui.video.videoWidth, ui.video.videoHeight);
-    this.codec = await chooseCodec(this.size, this.excludedCodecs);
-    this.captureCanvas.width = this.size.width;
-    this.captureCanvas.height = this.size.height;
-    this.bitrateKbps = startBitrateKbps(this.codec.codec, this.size);
-    this.maxKbps = this.bitrateKbps;
-    this.minKbps = Math.max(50, this.bitrateKbps / 8);
+    this.cameraSize = streamSize(ui.video.videoWidth, ui.video.videoHeight);
+    this.codec = await chooseCodec(this.cameraSize, this.excludedCodecs);
+    this.ladder = defaultLadder(this.cameraSize.width, this.cameraSize.height, settings.fps);
+    this.setRung(this.ladder[0]);
     Object.assign(stats, {
       codec: this.codec.codec,
       codecString: this.codec.codecString,
       codecReason: this.codec.reason,
-      width: this.size.width,
-      height: this.size.height,
-      targetKbps: this.bitrateKbps,
     });
-    ui.codec.textContent = `${CODEC_LABELS[this.codec.codec]} ${this.size.width}x${this.size.height}`;
     ui.codecReason.textContent = `Codec: ${this.codec.reason}.`;
+  }
+
+  setRung({ width, height, fps }) {
+    this.size = { width, height };
+    this.fps = fps;
+    this.captureCanvas.width = width;
+    this.captureCanvas.height = height;
+    this.motion.setFrame(width, height);
+    Object.assign(stats, { width, height, fpsTarget: fps });
+    ui.codec.textContent = `${CODEC_LABELS[this.codec.codec]} ${width}x${height}`;
   }
 
   // ----------------------------------------------------------------- connection
@@ -398,17 +573,24 @@ class CameraClient {
     const ws = new WebSocket(`${scheme}://${location.host}/`);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
+    this.wsOpened = false;
     this.ready = null;
     this.serverError = null;
     this.byeSent = false;
     this.inFlight.clear();
-    setState("connecting");
+    setState(this.everConnected ? "reconnecting" : "connecting");
+    clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = setTimeout(() => {
+      const what = this.wsOpened ? "answer the handshake" : "accept the connection";
+      this.abandon(ws, `The server did not ${what} within ${HANDSHAKE_TIMEOUT_MS / 1000} s`);
+    }, HANDSHAKE_TIMEOUT_MS);
     ws.onopen = () => {
+      this.wsOpened = true;
       ws.send(
         encodeHello({
           codec: this.codec.codec,
-          width: this.size.width,
-          height: this.size.height,
+          width: this.cameraSize.width,
+          height: this.cameraSize.height,
           fps: settings.fps,
           token: settings.token,
           client: `browser ${navigator.userAgent}`,
@@ -418,6 +600,18 @@ class CameraClient {
     };
     ws.onmessage = (event) => this.onMessage(ws, event.data);
     ws.onclose = (event) => this.onClose(ws, event);
+  }
+
+  /**
+   * Give up on a connection that went quiet: a half-open socket never completes a
+   * closing handshake, so do not wait for its close event; treat it as lost now.
+   */
+  abandon(ws, reason) {
+    if (ws !== this.ws) return;
+    ws.onmessage = ws.onclose = ws.onopen = null;
+    ws.close(1000, "unresponsive");
+    this.serverError = reason;
+    this.onClose(ws, { code: 1006, reason: "" });
   }
 
   onMessage(ws, data) {
@@ -430,40 +624,46 @@ class CameraClient {
       ws.close(1002, "protocol error");
       return;
     }
+    const now = performance.now();
     switch (message.type) {
       case "ready":
-        this.onReady(message);
+        this.onReady(message, now);
         break;
       case "result":
-        this.onResult(message);
+        this.onResult(message, now);
         break;
       case "dropped":
-        this.inFlight.delete(message.pts);
-        stats.dropped += 1;
-        stats.dropReasons[message.reason] = (stats.dropReasons[message.reason] ?? 0) + 1;
+        this.onDropped(message, now);
         break;
       case "keyframe_request":
         stats.keyframeRequests += 1;
         this.forceKeyframe = true; // the next captured frame is encoded as a keyframe
         break;
+      case "feedback":
+        this.controller?.onFeedback(message.arrivals, now / 1000);
+        this.offerTarget(now);
+        break;
+      case "probe_ack":
+        this.probe?.onAck(message, now / 1000);
+        this.sendProbes();
+        break;
       case "error":
         this.onServerError(message);
-        break;
-      default: // feedback, probe_ack: this page adapts on its own send backlog instead
         break;
     }
   }
 
-  onReady(ready) {
+  onReady(ready, now) {
+    clearTimeout(this.handshakeTimer);
     this.ready = ready;
     this.reconnectAttempt = 0;
+    this.everConnected = stats.everConnected = true;
     stats.connections += 1;
     this.seq = 0;
     this.forceKeyframe = true;
-    this.encoder = this.makeEncoder();
-    this.streaming = true;
-    setState("streaming");
+    this.lastAnswerAt = now;
     if (!this.fatal) showMessage("");
+    this.startProbe(now);
   }
 
   onServerError({ name, message }) {
@@ -486,11 +686,10 @@ class CameraClient {
 
   async onClose(ws, event) {
     if (ws !== this.ws) return;
+    clearTimeout(this.handshakeTimer);
     this.ws = null;
-    this.ready = null;
-    this.streaming = false;
-    this.closeEncoder();
-    if (this.stopping) return;
+    this.endConnection();
+    if (this.stopping || this.paused) return;
     if (this.fatal) {
       showMessage(this.fatal, "error");
       this.finish("refused");
@@ -508,27 +707,187 @@ class CameraClient {
       this.connect();
       return;
     }
-    // Lost: try again with exponential backoff (and some jitter, so that many pages
-    // cut off by one server restart do not all come back in the same millisecond).
+    this.scheduleReconnect(event);
+  }
+
+  /**
+   * Lost: try again with exponential backoff (and some jitter, so that many pages cut
+   * off by one server restart do not all come back in the same millisecond). Before the
+   * first Ready the state and the message say "not connected yet", never "lost".
+   */
+  scheduleReconnect(event) {
     const base =
       RECONNECT_DELAYS_MS[Math.min(this.reconnectAttempt, RECONNECT_DELAYS_MS.length - 1)];
     const delay = Math.round(base * (0.75 + Math.random() * 0.5));
     this.reconnectAttempt += 1;
     stats.reconnects += 1;
-    const why = this.serverError ?? `Connection lost (${closeText(event)})`;
-    showMessage(`${why}. Reconnecting in ${(delay / 1000).toFixed(1)} s…`, "error");
-    setState("reconnecting");
+    const retry = `Trying again in ${(delay / 1000).toFixed(1)} s…`;
+    if (!this.everConnected) {
+      const why = this.serverError ?? neverConnectedText(this.wsOpened, event);
+      showMessage(`${why}. ${retry}`, "error");
+      setState("cannot connect");
+    } else {
+      const why = this.serverError ?? `Connection lost (${closeText(event)})`;
+      showMessage(`${why}. Reconnecting in ${(delay / 1000).toFixed(1)} s…`, "error");
+      setState("reconnecting");
+    }
     this.reconnectTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Per-connection state goes with the connection; the camera and the codec stay. */
+  endConnection() {
+    this.ready = null;
+    this.streaming = false;
+    this.closeEncoder();
+    this.probe = null;
+    clearTimeout(this.probeTimer);
+    this.controller = null;
+    this.inFlight.clear();
+    this.ring.clear();
+    this.releaseShown();
+  }
+
+  // --------------------------------------------------------------------- probe, start
+
+  /** Before any video: measure the link, as `shelf-stream send` does, to pick the start. */
+  startProbe(now) {
+    setState("measuring the link");
+    this.probe = new BandwidthProbe(PROBE_CONFIG, now / 1000);
+    this.sendProbes();
+  }
+
+  sendProbes() {
+    const probe = this.probe;
+    const ws = this.ws;
+    if (!probe || !ws) return;
+    for (const [probeId, padding] of probe.nextProbes()) {
+      ws.send(encodeProbe({ probeId, sendUs: Math.round(performance.now() * 1000), padding }));
+    }
+    clearTimeout(this.probeTimer);
+    if (probe.done) {
+      this.probe = null;
+      this.beginStreaming(probe.result());
+      return;
+    }
+    const due = probe.getTimer() * 1000 - performance.now();
+    this.probeTimer = setTimeout(
+      () => {
+        if (this.probe !== probe) return;
+        probe.handleTimer(performance.now() / 1000);
+        this.sendProbes();
+      },
+      Math.max(0, due),
+    );
+  }
+
+  beginStreaming(probeResult) {
+    const now = performance.now();
+    const top = this.ladder[0];
+    const maxKbps = settings.maxBitrateKbps ?? top.maxKbps;
+    let start = chooseStart(probeResult, {
+      ladder: this.ladder,
+      maxBitrateKbps: maxKbps,
+      fps: top.fps,
+      width: top.width,
+      height: top.height,
+    });
+    if (settings.bitrateKbps) {
+      // An explicit ?bitrate= wins over the probe (as send --bitrate does).
+      start = { ...top, bitrateKbps: settings.bitrateKbps, reason: "?bitrate= in the address" };
+    }
+    stats.probe = { ...probeResult, start };
+    const config = rateControlConfig({
+      maxBitrateKbps: Math.max(maxKbps, 50),
+      rttMs: probeResult.rttMs ?? 100,
+    });
+    this.controller = new RateController(config, { start, now: now / 1000, ladder: this.ladder });
+    const target = this.controller.target();
+    this.retarget = new Retarget(target, now / 1000);
+    this.setRung(target);
+    this.encoderTarget = target;
+    this.encoderKbps = this.fit.encoderKbps(target.bitrateKbps);
+    this.encoder = this.makeEncoder(target);
+    this.streaming = true;
+    this.lastAnswerAt = now;
+    this.publishTarget(target);
+    setState("waiting for the first result");
+  }
+
+  // ----------------------------------------------------------------- rate control
+
+  /** The controller's newest target: reconfigure only when Retarget says it is worth it. */
+  offerTarget(now) {
+    const controller = this.controller;
+    if (!controller || !this.streaming) return;
+    const target = controller.target();
+    stats.controller = controller.snapshot();
+    if (this.retarget.offer(target, now / 1000)) this.applyTarget(target);
+  }
+
+  applyTarget(target) {
+    const rungChanged =
+      target.width !== this.size.width ||
+      target.height !== this.size.height ||
+      target.fps !== this.fps;
+    if (rungChanged) {
+      // Tracks are in the old size's pixels, and the next frames' boxes in the new one's.
+      if (target.width !== this.size.width) this.tracker.clear();
+      this.setRung(target);
+      this.forceKeyframe = true;
+      stats.rungChanges += 1;
+    }
+    this.encoderTarget = target;
+    this.encoderKbps = this.fit.encoderKbps(target.bitrateKbps);
+    stats.bitrateChanges += 1;
+    this.publishTarget(target);
+    if (this.encoder?.state === "configured") {
+      // Same codec and size: Chromium and Safari (since late 2023) change the rate in
+      // place; Retarget keeps these calls rare either way (see adaptation.js).
+      this.encoder.configure(
+        encoderConfig(this.codec.codec, this.size, this.encoderKbps, target.fps),
+      );
+    }
+  }
+
+  publishTarget(target) {
+    stats.targetKbps = Math.round(target.bitrateKbps);
+    stats.encoderKbps = this.encoderKbps;
+    stats.rung = rungName(target);
+  }
+
+  tick() {
+    const now = performance.now();
+    const controller = this.controller;
+    if (controller && now / 1000 >= controller.getTimer()) {
+      controller.handleTimer(now / 1000);
+      this.offerTarget(now);
+    }
+    this.checkAnswers(now);
+  }
+
+  /** Frames out and no answer for ANSWER_TIMEOUT_MS: the connection is dead. Reconnect. */
+  checkAnswers(now) {
+    const ws = this.ws;
+    if (!ws || !this.streaming || !this.inFlight.size) return;
+    const oldestSent = this.inFlight.values().next().value;
+    const quietSince = Math.max(this.lastAnswerAt, oldestSent);
+    if (now - quietSince >= ANSWER_TIMEOUT_MS) {
+      this.abandon(
+        ws,
+        `No answer from the server for ${ANSWER_TIMEOUT_MS / 1000} s (${this.inFlight.size} ` +
+          "frames waiting): the connection is dead or the server is stuck",
+      );
+    }
   }
 
   // -------------------------------------------------------------------- encoding
 
-  makeEncoder() {
+  makeEncoder(target) {
     const encoder = new VideoEncoder({
       output: (chunk) => this.onChunk(encoder, chunk),
       error: (error) => this.onEncoderError(encoder, error),
     });
-    encoder.configure(encoderConfig(this.codec.codec, this.size, this.bitrateKbps));
+    encoder.configure(encoderConfig(this.codec.codec, this.size, this.encoderKbps, target.fps));
     return encoder;
   }
 
@@ -550,9 +909,11 @@ class CameraClient {
     const ws = this.ws;
     if (encoder !== this.encoder || !ws || ws.readyState !== WebSocket.OPEN) return;
     if (!this.ready || this.byeSent) return;
-    const frame = this.ring.find((entry) => entry.timestampUs === chunk.timestamp);
+    const frame = this.sentFrames.find((entry) => entry.timestampUs === chunk.timestamp);
     if (!frame) return;
     const keyframe = chunk.type === "key";
+    if (keyframe && !frame.keyFrame) stats.keyframesUnrequested += 1;
+    this.fit.onEncoded(chunk.byteLength, this.encoderKbps, this.fps, performance.now() / 1000);
     const message = encodeVideo({
       seq: this.seq,
       pts: frame.pts,
@@ -567,15 +928,18 @@ class CameraClient {
     }
     if (message.byteLength > this.ready.maxMessageBytes) {
       this.forceKeyframe = true; // the skipped frame breaks the chain: restart it
+      this.ring.discard(frame.pts);
       return;
     }
+    const now = performance.now();
     ws.send(message);
-    this.inFlight.add(frame.pts);
+    this.controller?.onSent(this.seq, message.byteLength, now / 1000, keyframe);
+    this.inFlight.set(frame.pts, now);
     this.seq += 1;
     stats.framesSent += 1;
     stats.bytesSent += message.byteLength;
     if (keyframe) stats.keyframesSent += 1;
-    this.sentLog.push([performance.now(), message.byteLength]);
+    this.sentLog.push([now, message.byteLength]);
   }
 
   // --------------------------------------------------------------------- capture
@@ -591,25 +955,31 @@ class CameraClient {
         : setTimeout(tick, 1000 / settings.fps / 2);
     const tick = () => {
       if (!this.camera || loop !== this.captureLoop) return;
-      this.captureFrame();
+      const now = performance.now();
+      this.captureFrame(now);
+      if (stats.view === "live") this.drawLive(now);
       schedule();
     };
     schedule();
   }
 
   /** Encode the picture on screen now, unless it is too early or the link is behind. */
-  captureFrame() {
-    const now = performance.now();
+  captureFrame(now) {
     const encoder = this.encoder;
-    if (!this.streaming || !encoder || encoder.state !== "configured") return;
-    if (now - this.lastCaptureAt < (1000 / settings.fps) * 0.85) return; // pace to ?fps
-    // Newest frame wins: while the link is behind (see behind()) or the encoder is busy,
-    // skip this frame rather than queue it; a queue would only add latency.
+    if (!this.streaming || !encoder || encoder.state !== "configured" || this.cameraMuted) return;
+    if (now - this.lastCaptureAt < (1000 / this.fps) * 0.85) return; // pace to the rung's fps
+    // Newest frame wins: while the link is behind or the encoder is busy, skip this frame
+    // rather than queue it; a queue would only add latency.
     if (this.behind() || encoder.encodeQueueSize > 1) {
       stats.framesSkipped += 1;
       return;
     }
     this.lastCaptureAt = now;
+    // A lower target than the encoder's, not yet worth a reconfigure: fewer frames.
+    if (!this.thinner.admit(this.retarget.frameShare)) {
+      stats.framesThinned += 1;
+      return;
+    }
     const { width, height } = this.size;
     this.captureContext.drawImage(ui.video, 0, 0, width, height);
     const timestampUs = Math.round(now * 1000);
@@ -620,97 +990,69 @@ class CameraClient {
       Math.round(((timestampUs - this.epochUs) * TIME_BASE_HZ) / 1e6),
     );
     this.lastPts = pts;
-    this.ring.push({ timestampUs, pts, captureUs: timestampUs, width, height });
-    if (this.ring.length > RING_SIZE) this.ring.shift();
     const keyFrame = this.forceKeyframe || now - this.lastKeyframeAt >= KEYFRAME_INTERVAL_MS;
     if (keyFrame) {
       this.forceKeyframe = false;
       this.lastKeyframeAt = now;
     }
+    this.sentFrames.push({ timestampUs, pts, captureUs: timestampUs, width, height, keyFrame });
+    if (this.sentFrames.length > SENT_RING_SIZE) this.sentFrames.shift();
+    if (stats.view === "sync") this.ring.add(pts, this.captureCanvas);
+    window.shelfDebug.onCapture?.({ pts, canvas: this.captureCanvas });
     const frame = new VideoFrame(this.captureCanvas, { timestamp: timestampUs });
+    stats.videoFramesOpen += 1;
     try {
       encoder.encode(frame, { keyFrame });
     } finally {
       frame.close();
+      stats.videoFramesOpen -= 1;
     }
     stats.framesCaptured += 1;
   }
 
   /**
-   * Is the way to the server behind? Two signs, both from our own bookkeeping:
-   * - ws.bufferedAmount: bytes ws.send() accepted but the browser has not written to
-   *   the network yet, above about two frames at the target rate;
-   * - frames sent but not answered (every pts gets a Result or Dropped), above one
-   *   second's worth: the bytes left the browser but sit in the kernel, the network or
-   *   the server's decode queue. This bounds the delay even where socket buffers are
-   *   large (loopback, bloated uplinks), where bufferedAmount alone stays at zero.
+   * Is the way to the server behind? Bytes ws.send() accepted but not yet written to the
+   * network, above about two frames at the target rate (the link is slower than the
+   * encoder right now); or more frames unanswered than MAX_IN_FLIGHT_S of video (a bound
+   * on the page's state; the rate itself is the controller's business, from the delays).
    */
   behind() {
-    const highWaterBytes = Math.max(32 * 1024, ((this.bitrateKbps * 1000) / 8 / settings.fps) * 2);
-    return this.ws.bufferedAmount > highWaterBytes || this.inFlight.size >= settings.fps;
-  }
-
-  /**
-   * Crude congestion control on our own send backlog, checked twice a second. The
-   * backlog, in milliseconds, is the larger of
-   *   - ws.bufferedAmount as milliseconds of video at the current rate: it only grows
-   *     when the link (or the server, which stops reading while its decoder is behind)
-   *     is slower than the encoder;
-   *   - the frames in flight (sent, not answered yet) times the frame interval.
-   * Then, like TCP's AIMD:
-   *   - above 400 ms: cut the bitrate by 30 % (at most once a second);
-   *   - below 150 ms for 3 s running: raise it by 15 %, back up to the starting rate
-   *     (chosen per pixel as enough for detection; more would only cost bandwidth).
-   * Skipping frames (captureFrame) keeps the backlog short meanwhile; a lower bitrate
-   * makes the frames we do send smaller, so fewer need skipping.
-   */
-  adaptBitrate(now) {
-    if (!this.streaming || !this.ws) return;
-    const bufferedMs = (this.ws.bufferedAmount * 8) / this.bitrateKbps;
-    const inFlightMs = (this.inFlight.size * 1000) / settings.fps;
-    const backlogMs = Math.max(bufferedMs, inFlightMs);
-    stats.backlogMs = Math.round(backlogMs);
-    if (backlogMs > 400 && now - this.lastBitrateChange > 1000) {
-      this.setBitrate(Math.max(this.minKbps, this.bitrateKbps * 0.7), now);
-      this.calmSince = now;
-    } else if (backlogMs >= 150) {
-      this.calmSince = now;
-    } else if (now - this.calmSince > 3000 && this.bitrateKbps < this.maxKbps) {
-      this.setBitrate(Math.min(this.maxKbps, this.bitrateKbps * 1.15), now);
-      this.calmSince = now;
-    }
-  }
-
-  setBitrate(kbps, now) {
-    if (Math.abs(kbps - this.bitrateKbps) < 1) return;
-    this.bitrateKbps = Math.round(kbps);
-    this.lastBitrateChange = now;
-    stats.targetKbps = this.bitrateKbps;
-    stats.bitrateChanges += 1;
-    if (this.encoder?.state === "configured") {
-      // Reconfiguring an active encoder is allowed: a browser either just retargets the
-      // rate or starts a new encoder, whose first output is a keyframe anyway.
-      this.encoder.configure(encoderConfig(this.codec.codec, this.size, this.bitrateKbps));
-    }
+    const kbps = this.encoderTarget?.bitrateKbps ?? 500;
+    const highWaterBytes = Math.max(32 * 1024, ((kbps * 1000) / 8 / this.fps) * 2);
+    return (
+      this.ws.bufferedAmount > highWaterBytes || this.inFlight.size >= MAX_IN_FLIGHT_S * this.fps
+    );
   }
 
   /** The camera's picture changed shape (a phone turned): stream the new size afresh. */
   onVideoResize() {
-    if (!this.ws || !this.size) return;
+    if (!this.ws || !this.cameraSize) return;
     const size = streamSize(ui.video.videoWidth, ui.video.videoHeight);
-    if (size.width === this.size.width && size.height === this.size.height) return;
+    if (size.width === this.cameraSize.width && size.height === this.cameraSize.height) return;
     this.restart = true;
     this.sayBye(this.ws);
   }
 
   // --------------------------------------------------------------------- answers
 
-  onResult(result) {
-    const now = performance.now();
-    const frame = this.ring.find((entry) => entry.pts === result.pts);
-    this.inFlight.delete(result.pts);
+  answered(pts, now) {
+    this.inFlight.delete(pts);
+    this.lastAnswerAt = now;
+  }
+
+  onDropped(message, now) {
+    this.answered(message.pts, now);
+    this.ring.discard(message.pts);
+    stats.dropped += 1;
+    stats.dropReasons[message.reason] = (stats.dropReasons[message.reason] ?? 0) + 1;
+  }
+
+  onResult(result, now) {
+    this.answered(result.pts, now);
+    const frame = this.sentFrames.find((entry) => entry.pts === result.pts);
     // Latency on the page's own clock: frame captured → its result arrived.
-    const latencyMs = now - result.captureUs / 1000;
+    const captureMs = result.captureUs / 1000;
+    const latencyMs = now - captureMs;
     stats.results += 1;
     this.resultTimes.push(now);
     this.latencies.push(latencyMs);
@@ -719,61 +1061,112 @@ class CameraClient {
     for (const detection of result.detections) {
       stats.labels[detection.label] = (stats.labels[detection.label] ?? 0) + 1;
     }
-    // Boxes are in the streamed frame's pixels: remember that frame's size to scale them.
-    this.lastBoxes = {
-      detections: result.detections,
-      width: frame?.width ?? this.size.width,
-      height: frame?.height ?? this.size.height,
-      at: now,
-    };
-    this.drawBoxes(now);
+    if (stats.state === "waiting for the first result") setState("streaming");
+    // Boxes are in the streamed frame's pixels (the rung's size when it was captured):
+    // bring them to the current size, which the tracker and the live view work in.
+    const width = frame?.width ?? this.size.width;
+    const height = frame?.height ?? this.size.height;
+    const detections = scaleDetections(
+      result.detections,
+      this.size.width / width,
+      this.size.height / height,
+    );
+    this.newest = { detections, pts: result.pts, captureMs };
+    this.tracker.update(detections, captureMs, now, {
+      motion: this.motion,
+      pts: result.pts,
+      frame: this.size,
+    });
+    stats.tracks = this.tracker.tracks.length;
+    if (stats.view === "sync") this.showSynchronised(result, latencyMs, width, height);
   }
 
-  /** Draw the newest result's boxes over the video, scaled to its displayed size. */
-  drawBoxes(now) {
-    const canvas = ui.overlay;
-    const rect = canvas.getBoundingClientRect();
-    const dpr = window.devicePixelRatio || 1;
-    const width = Math.round(rect.width * dpr);
-    const height = Math.round(rect.height * dpr);
-    if (canvas.width !== width || canvas.height !== height) {
-      canvas.width = width;
-      canvas.height = height;
+  // --------------------------------------------------------------------- drawing
+
+  /** The live view: boxes moved to where their objects are in the frame on screen now. */
+  drawLive(now) {
+    const { ctx, width, height } = prepareCanvas(ui.overlay);
+    if (!this.streaming || !this.size) return;
+    const fit = fitRect(width, height, this.size.width, this.size.height);
+    const mirrored = settings.facing === "user";
+    const boxes = this.tracker.boxes(now, now, this.motion);
+    const onScreen = boxes.map((box) => ({
+      ...box,
+      ...toScreen(box, fit, this.size.width, this.size.height, mirrored),
+    }));
+    drawBoxes(ctx, onScreen, fit);
+    stats.boxesDrawn += onScreen.length;
+    const hook = window.shelfDebug.onDraw;
+    if (hook) {
+      const raw = (this.newest?.detections ?? []).map((d) => ({
+        ...d,
+        pts: this.newest.pts,
+        ...toScreen(d, fit, this.size.width, this.size.height, mirrored),
+      }));
+      hook({
+        mode: "live",
+        atMs: now,
+        boxes: onScreen,
+        raw,
+        fit,
+        frame: { ...this.size },
+        mirrored,
+        source: ui.video,
+      });
     }
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.clearRect(0, 0, width, height);
-    const boxes = this.lastBoxes;
-    const videoWidth = ui.video.videoWidth;
-    const videoHeight = ui.video.videoHeight;
-    if (!boxes || now - boxes.at > BOXES_STALE_MS || !videoWidth || !rect.width) return;
-    // object-fit: contain puts the picture in a centred rectangle of the element.
-    const fit = Math.min(rect.width / videoWidth, rect.height / videoHeight);
-    const offsetX = (rect.width - videoWidth * fit) / 2;
-    const offsetY = (rect.height - videoHeight * fit) / 2;
-    const scaleX = (videoWidth * fit) / boxes.width; // streamed pixels → CSS pixels
-    const scaleY = (videoHeight * fit) / boxes.height;
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.lineWidth = 2;
-    ctx.font = "600 13px system-ui, sans-serif";
-    ctx.textBaseline = "top";
-    for (const d of boxes.detections) {
-      const x = offsetX + d.x1 * scaleX;
-      const y = offsetY + d.y1 * scaleY;
-      const w = (d.x2 - d.x1) * scaleX;
-      const h = (d.y2 - d.y1) * scaleY;
-      const colour = `hsl(${(d.classId * 47) % 360} 85% 55%)`;
-      ctx.strokeStyle = colour;
-      ctx.strokeRect(x, y, w, h);
-      const text = `${d.label} ${Math.round(d.score * 100)}%`;
-      const textWidth = ctx.measureText(text).width + 8;
-      const textY = y >= 18 ? y - 18 : y;
-      ctx.fillStyle = colour;
-      ctx.fillRect(x - 1, textY, textWidth, 18);
-      ctx.fillStyle = "#000";
-      ctx.fillText(text, x + 3, textY + 2);
+  }
+
+  /** The synchronised view: the very frame of this result, with its boxes on it. */
+  showSynchronised(result, latencyMs, width, height) {
+    const entry = this.ring.take(result.pts);
+    stats.ringFrames = this.ring.size;
+    if (!entry) return; // not in the ring (evicted, or captured in the live view)
+    this.releaseShown();
+    this.shown = entry;
+    const { ctx, width: cssWidth, height: cssHeight } = prepareCanvas(ui.view);
+    const fit = fitRect(cssWidth, cssHeight, width, height);
+    const mirrored = settings.facing === "user";
+    drawPicture(ctx, entry.bitmap, fit, mirrored);
+    const onScreen = result.detections.map((d) => ({
+      ...d,
+      pts: result.pts,
+      ...toScreen(d, fit, width, height, mirrored),
+    }));
+    drawBoxes(ctx, onScreen, fit);
+    stats.boxesDrawn += onScreen.length;
+    ui.viewNote.textContent = `Synchronised: this frame is ${Math.round(latencyMs)} ms old; its boxes sit exactly on it.`;
+    window.shelfDebug.onDraw?.({
+      mode: "sync",
+      atMs: performance.now(),
+      pts: result.pts,
+      boxes: onScreen,
+      fit,
+      frame: { width, height },
+      mirrored,
+      source: ui.view,
+    });
+  }
+
+  releaseShown() {
+    if (this.shown) this.ring.releaseTaken(this.shown);
+    this.shown = null;
+  }
+
+  /** Switch between the live view (default) and the synchronised one. */
+  setView(view) {
+    stats.view = view;
+    ui.stage.classList.toggle("sync", view === "sync");
+    ui.mode.textContent = view === "sync" ? "View: synchronised" : "View: live";
+    ui.mode.setAttribute("aria-pressed", String(view === "sync"));
+    ui.viewNote.textContent = view === "sync" ? "Synchronised: waiting for a result…" : "";
+    ui.viewNote.hidden = view !== "sync";
+    if (view === "live") {
+      this.ring.clear();
+      this.releaseShown();
+      prepareCanvas(ui.view);
+    } else {
+      prepareCanvas(ui.overlay);
     }
-    stats.boxesDrawn += boxes.detections.length;
   }
 
   // ---------------------------------------------------------------------- status
@@ -791,17 +1184,22 @@ class CameraClient {
     stats.latencyP50 = sorted.length ? Math.round(percentile(sorted, 0.5)) : null;
     stats.latencyP95 = sorted.length ? Math.round(percentile(sorted, 0.95)) : null;
     stats.bufferedAmount = this.ws?.bufferedAmount ?? 0;
-    ui.fps.textContent = `${stats.fps.toFixed(1)} fps`;
+    stats.inFlight = this.inFlight.size;
+    stats.bitmapsOpen = this.ring.open;
+    stats.ringFrames = this.ring.size;
+    ui.fps.textContent = `${stats.fps.toFixed(1)} results/s`;
     ui.kbps.textContent = `${stats.kbps} kbit/s (target ${stats.targetKbps})`;
     ui.latency.textContent =
       stats.latencyP50 === null
         ? "latency –"
         : `latency p50 ${stats.latencyP50} ms · p95 ${stats.latencyP95} ms`;
-    if (this.lastBoxes && now - this.lastBoxes.at > BOXES_STALE_MS) {
-      this.lastBoxes = null;
-      this.drawBoxes(now);
-    }
-    this.adaptBitrate(now);
+  }
+
+  streamingState() {
+    if (!this.ws) return this.everConnected ? "reconnecting" : "connecting";
+    if (!this.ready) return "handshake";
+    if (!this.streaming) return "measuring the link";
+    return stats.results ? "streaming" : "waiting for the first result";
   }
 
   // ------------------------------------------------------------------------ stop
@@ -816,6 +1214,16 @@ class CameraClient {
     } else {
       ws.close(1000, "bye");
     }
+  }
+
+  /** Say Bye on the current connection and forget it (its answers no longer matter). */
+  endStream() {
+    const ws = this.ws;
+    if (!ws) return;
+    this.sayBye(ws);
+    clearTimeout(this.handshakeTimer);
+    this.ws = null;
+    this.endConnection();
   }
 
   async stop() {
@@ -852,12 +1260,17 @@ class CameraClient {
   finish(state) {
     this.stopping = true;
     clearTimeout(this.reconnectTimer);
-    this.streaming = false;
-    this.closeEncoder();
+    clearTimeout(this.handshakeTimer);
     if (this.ws) this.sayBye(this.ws);
+    this.ws = null;
+    this.endConnection();
     this.releaseCamera();
-    this.lastBoxes = null;
-    this.drawBoxes(performance.now());
+    this.releaseWakeLock();
+    this.tracker.clear();
+    this.newest = null;
+    prepareCanvas(ui.overlay);
+    prepareCanvas(ui.view);
+    stats.bitmapsOpen = this.ring.open;
     setState(state);
     ui.start.hidden = false;
     ui.start.disabled = false;
@@ -869,6 +1282,28 @@ class CameraClient {
     this.camera = null;
     ui.video.srcObject = null;
   }
+}
+
+/** Ask for motion sensor access where the browser wants a tap for it (iOS 13+). */
+async function requestMotionPermission() {
+  if (typeof DeviceMotionEvent === "undefined") return false;
+  if (typeof DeviceMotionEvent.requestPermission !== "function") return true;
+  try {
+    return (await DeviceMotionEvent.requestPermission()) === "granted";
+  } catch {
+    return false; // not from a tap (autostart), or refused: boxes follow the picture alone
+  }
+}
+
+function scaleDetections(detections, sx, sy) {
+  if (sx === 1 && sy === 1) return detections;
+  return detections.map((d) => ({
+    ...d,
+    x1: d.x1 * sx,
+    y1: d.y1 * sy,
+    x2: d.x2 * sx,
+    y2: d.y2 * sy,
+  }));
 }
 
 function percentile(sorted, q) {
@@ -889,14 +1324,20 @@ function closeText(event) {
 const client = new CameraClient();
 ui.start.addEventListener("click", () => client.start());
 ui.stop.addEventListener("click", () => client.stop());
+ui.mode.addEventListener("click", () => client.setView(stats.view === "live" ? "sync" : "live"));
 ui.video.addEventListener("resize", () => client.onVideoResize());
-window.addEventListener("resize", () => client.drawBoxes(performance.now()));
+document.addEventListener("visibilitychange", () =>
+  document.visibilityState === "hidden" ? client.onHidden() : client.onVisible(),
+);
 // Leaving the page: tell the server, so it does not wait for a timeout.
 window.addEventListener("pagehide", () => {
   if (client.ws?.readyState === WebSocket.OPEN && client.ready) client.ws.send(encodeBye());
 });
+setInterval(() => client.tick(), TICK_MS);
 setInterval(() => client.updateStatus(), STATUS_INTERVAL_MS);
 
+client.setView(settings.view);
+ui.stage.classList.toggle("mirrored", settings.facing === "user");
 setState("idle");
 ui.start.disabled = false;
 if (settings.autostart) client.start();

@@ -1,8 +1,12 @@
 """Headless Chromium driven over the Chrome DevTools Protocol (CDP), for the browser tests.
 
-Only what the tests need: launch Chromium with a fake camera, open one page, evaluate
+Only what the tests need: launch Chromium with a fake camera, open pages, evaluate
 JavaScript, take a screenshot, close. Commands go over one WebSocket to the browser
 endpoint, in "flattened" session mode (the page's commands carry its ``sessionId``).
+
+One Chromium serves every browser test (``ChromiumProcess``, started once per session:
+a launch costs seconds on a busy machine); each test connects its own DevTools client
+(``connect``) in its own event loop and closes the tabs it opened.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import contextlib
 import itertools
 import json
 import shutil
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as connect_websocket
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 INSTALL_HINT = (
@@ -65,11 +72,11 @@ class CdpError(RuntimeError):
 
 
 class Browser:
-    """One Chromium process and a DevTools connection to it."""
+    """A DevTools connection to a running Chromium, and the tabs it opened."""
 
-    def __init__(self, process: asyncio.subprocess.Process, ws: ClientConnection) -> None:
-        self.process = process
+    def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
+        self._targets: list[str] = []  # tabs this client opened (closed by close())
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.console: list[str] = []  # the page's console messages and uncaught exceptions
@@ -87,7 +94,9 @@ class Browser:
 
     async def open_page(self, width: int, height: int) -> str:
         """A new tab of ``width`` x ``height`` CSS pixels; returns its session id."""
-        target = await self.call("Target.createTarget", url="about:blank")
+        # A window of its own: a background tab of a shared window gets no video frames.
+        target = await self.call("Target.createTarget", url="about:blank", newWindow=True)
+        self._targets.append(target["targetId"])
         attached = await self.call(
             "Target.attachToTarget", targetId=target["targetId"], flatten=True
         )
@@ -104,9 +113,13 @@ class Browser:
         )
         return session
 
-    async def evaluate(self, session: str, expression: str) -> Any:
+    async def evaluate(self, session: str, expression: str, *, await_promise: bool = False) -> Any:
         reply = await self.call(
-            "Runtime.evaluate", session, expression=expression, returnByValue=True
+            "Runtime.evaluate",
+            session,
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=await_promise,
         )
         if "exceptionDetails" in reply:
             raise CdpError(f"{expression!r} threw: {reply['exceptionDetails']}")
@@ -118,17 +131,21 @@ class Browser:
         reply = await self.call("Page.captureScreenshot", session, format="png", clip=clip)
         return base64.b64decode(reply["data"])
 
+    async def on_new_document(self, session: str, source: str) -> None:
+        """Run ``source`` in the page before any of its own scripts, on every load."""
+        await self.call("Page.addScriptToEvaluateOnNewDocument", session, source=source)
+
+    async def navigate(self, session: str, url: str) -> None:
+        await self.call("Page.navigate", session, url=url)
+
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.call("Browser.close"), 5)
+        """Close this client's tabs and its connection (the browser goes on)."""
+        for target in self._targets:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.call("Target.closeTarget", targetId=target), 5)
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
         await self._ws.close()
-        try:
-            await asyncio.wait_for(self.process.wait(), 10)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
 
     async def _read(self) -> None:
         async for raw in self._ws:
@@ -156,42 +173,57 @@ class Browser:
             self.console.append(f"exception: {description}")
 
 
-async def _devtools_url(profile: Path, process: asyncio.subprocess.Process) -> str:
-    """Chromium writes its port and browser path to DevToolsActivePort once it listens."""
-    port_file = profile / "DevToolsActivePort"
-    for _ in range(300):
-        if process.returncode is not None:
-            raise CdpError(f"Chromium exited with status {process.returncode} at start")
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            lines = port_file.read_text().split()
-            if len(lines) >= 2:
-                return f"ws://127.0.0.1:{int(lines[0])}{lines[1]}"
-        await asyncio.sleep(0.05)
-    raise CdpError("Chromium did not open its DevTools port within 15 s")
+class ChromiumProcess:
+    """A headless Chromium for many tests, each connecting its own client (``connect``)."""
+
+    def __init__(self, executable: str, profile: Path, fake_video: Path, log: Path) -> None:
+        profile.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        with log.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                chromium_args(executable, profile, fake_video),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        try:
+            self.url = self._devtools_url(profile)
+        except BaseException:
+            self.close()
+            raise
+
+    def _devtools_url(self, profile: Path) -> str:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise CdpError(f"Chromium exited with status {self.process.returncode} at start")
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                lines = port_file.read_text().split()
+                if len(lines) >= 2:
+                    return f"ws://127.0.0.1:{int(lines[0])}{lines[1]}"
+            time.sleep(0.05)
+        raise CdpError(f"Chromium did not open its DevTools port within 30 s (log: {self.log})")
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 @contextlib.asynccontextmanager
-async def launch(
-    executable: str, profile: Path, fake_video: Path, log: Path
-) -> AsyncIterator[Browser]:
-    """Run Chromium until the block ends; its stderr goes to ``log``."""
-    profile.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            *chromium_args(executable, profile, fake_video),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        url = await _devtools_url(profile, process)
-        ws = await connect(url, max_size=64 * 1024 * 1024, compression=None)
-    except BaseException:
-        process.kill()
-        await process.wait()
-        raise
-    browser = Browser(process, ws)
+async def connect(chromium: ChromiumProcess) -> AsyncIterator[Browser]:
+    """A DevTools client of a running Chromium, for one test's event loop."""
+    ws = await connect_ws(chromium.url)
+    browser = Browser(ws)
     try:
         yield browser
     finally:
         await browser.close()
+
+
+async def connect_ws(url: str) -> ClientConnection:
+    return await connect_websocket(url, max_size=64 * 1024 * 1024, compression=None)
