@@ -393,9 +393,12 @@ def campaign_config() -> ServerConfig:
         limits=p.ServerLimits(max_message_bytes=CAMPAIGN_MAX_MESSAGE_BYTES),
         hello_timeout_s=CAMPAIGN_HELLO_TIMEOUT_S,
         max_streams=64,  # attackers + the healthy stream + sessions still closing
-        # Every attacker comes from 127.0.0.1: the per-address limit (tested on its own
-        # in tests/server/test_security.py) would refuse the campaign's own concurrency.
+        # Every attacker comes from 127.0.0.1: the per-address limits (tested on their
+        # own in tests/server, and by the targeted cases) would refuse the campaign's
+        # own concurrency.
         max_streams_per_address=64,
+        max_pending_hellos=64,
+        max_pending_hellos_per_address=64,
     )
 
 
@@ -524,7 +527,7 @@ async def _run_phases(
         max_message_bytes=config.limits.max_message_bytes,
         hello_timeout_s=config.hello_timeout_s,
         max_messages_per_s=config.max_messages_per_s,
-        session_open=lambda port: any(s.peer.endswith(f":{port}") for s in server.sessions),
+        session_open=lambda port: _session_open(server, port),
     )  # fmt: skip
     _progress(f"campaign: {cases} cases, {concurrency} attackers at a time, seed {seed}")
     healthy = HealthyStream(server.port, clip)
@@ -562,6 +565,13 @@ async def _run_phases(
             for kind, c in sorted(tally.outcomes.items())
         },
     }
+
+
+def _session_open(server: Server, port: int) -> bool:
+    """Whether the server still holds a connection from our local ``port`` (streaming,
+    or still waiting for its hello)."""
+    waiting = (pending.session for pending in server.pending.values())
+    return any(s.peer.endswith(f":{port}") for s in (*server.sessions, *waiting))
 
 
 def _verdict(report: dict[str, Any]) -> bool:
