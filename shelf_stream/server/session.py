@@ -22,6 +22,7 @@ admission decides, ``server.admission``); ``run`` then serves the stream to its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import logging
@@ -51,6 +52,7 @@ from shelf_stream.server.stream import (
     Decoded,
     Infer,
     LedgerConfig,
+    LedgerStats,
     Message,
     Picture,
     ResultReady,
@@ -139,6 +141,7 @@ class Session:
         self._budget: PictureBudget | None = None  # immutable: shared with the decoder thread
         self._decoder: RecoveringDecoder | None = None  # owned by the decoder thread
         self._executor: ThreadPoolExecutor | None = None
+        self._decoder_thread_started = False  # its thread starts with the first access unit
         self._decode_inbox: Inbox[Decode | None] = Inbox(config.decode_queue_packets)
         # None stops the writer.
         self._outbox: Inbox[Message | p.Error | None] = Inbox(config.outbox_messages)
@@ -151,6 +154,11 @@ class Session:
         self._timer_due: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._warned: set[str] = set()
+
+    @property
+    def stats(self) -> LedgerStats:
+        """What the stream received and answered (all zero before its hello)."""
+        return self._ledger.stats if self._ledger is not None else LedgerStats()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,7 +174,7 @@ class Session:
         """Read and check the Hello (the caller bounds the wait). ``RemoteProtocolError``
         if it is not a valid hello for this server."""
         message, arrived_at = await self.ws.recv_stamped()
-        self._message_rate.allow(arrived_at)
+        self._message_rate.allow(arrived_at)  # counted; a full bucket always has room
         self._proto.receive_message(message)
         events = self._proto.events_received()
         if len(events) != 1 or not isinstance(events[0], p.Hello):
@@ -232,6 +240,8 @@ class Session:
                 # decode task: its exception ends the stream.
                 (writer if writer.done() else decoder).result()
         except RemoteProtocolError as error:
+            receiver.cancel()  # read no more: the close discards what is left
+            await asyncio.gather(receiver, return_exceptions=True)
             await self._refuse_stream(error)
         finally:
             for task in (receiver, shutdown, failed, decoder):
@@ -293,6 +303,9 @@ class Session:
         ledger = self._require_ledger()
         while True:
             await self._outbox.room()  # the writer is behind: stop reading for now
+            # recv() does not suspend while messages are queued: without this, a burst on
+            # one connection would hold the event loop from every other stream.
+            await asyncio.sleep(0)
             try:
                 message, arrived_at = await self.ws.recv_stamped()
             except ConnectionClosedOK:
@@ -402,8 +415,11 @@ class Session:
         loop = asyncio.get_running_loop()
         ledger = self._require_ledger()
         while (work := await self._decode_inbox.get()) is not None:
+            self._decoder_thread_started = True
             decoded = await loop.run_in_executor(self._executor, self._decode_one, work)
             self._feed(partial(ledger.on_decoded, decoded))
+        if not self._decoder_thread_started:
+            return  # nothing was ever decoded: nothing to flush
         flushed = await loop.run_in_executor(self._executor, self._flush)
         if flushed is not None:
             self._feed(partial(ledger.on_decoded, flushed))
@@ -542,14 +558,25 @@ class Session:
     async def _close(self, code: int, reason: str) -> None:
         """Close, waiting at most ``close_timeout_s`` for the peer's close frame.
 
-        A peer that still has messages queued (or stopped reading) cannot complete the
-        closing handshake while websockets has paused reading (max_queue); waiting for
-        websockets' own 10 s timeout would hold this stream's slot, so drop it instead.
+        Messages the peer sent before it saw our close are read and dropped meanwhile:
+        left queued, they would keep websockets from reading (max_queue), so the peer's
+        close frame or EOF would never be seen. A peer that stopped reading cannot
+        complete the handshake: after ``close_timeout_s`` the connection is dropped
+        rather than held for websockets' own 10 s.
         """
+        discard = asyncio.create_task(self._discard_incoming(), name=f"discard-{self.id}")
         try:
             await asyncio.wait_for(self.ws.close(code, reason), self.config.close_timeout_s)
         except TimeoutError:
             self.ws.transport.abort()
+        finally:
+            discard.cancel()
+            await asyncio.gather(discard, return_exceptions=True)
+
+    async def _discard_incoming(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.ws.recv_stamped()
 
     async def _release(self) -> None:
         """Free everything this stream holds, whatever way it ended."""
@@ -561,7 +588,8 @@ class Session:
         executor, self._executor = self._executor, None
         if executor is not None:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(executor, self._close_decoder)
+            if self._decoder_thread_started:  # else no thread: nothing to close on it
+                await loop.run_in_executor(executor, self._close_decoder)
             await loop.run_in_executor(None, executor.shutdown, True)
         if self._ledger is not None:
             stats = self._ledger.stats
@@ -569,7 +597,7 @@ class Session:
                 "stream %d closed: %d frames in (%.1f kB), %d results, %d dropped, "
                 "%d decode errors",
                 self.id, stats.frames_in, stats.bytes_in / 1000, stats.results,
-                stats.dropped_total, stats.decode_errors,
+                stats.dropped, stats.decode_errors,
             )  # fmt: skip
 
     def _close_decoder(self) -> None:

@@ -153,14 +153,14 @@ class LedgerStats:
     frames_in: int = 0
     bytes_in: int = 0
     results: int = 0
-    dropped: Counter[p.DropReason] = field(default_factory=Counter)
+    dropped_by_reason: Counter[p.DropReason] = field(default_factory=Counter)
     decode_errors: int = 0
     keyframe_requests: int = 0
     size_mismatches: int = 0
 
     @property
-    def dropped_total(self) -> int:
-        return sum(self.dropped.values())
+    def dropped(self) -> int:
+        return sum(self.dropped_by_reason.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,7 +372,7 @@ class StreamLedger:
         entry = self._unanswered.pop(pts, None)
         if entry is None:
             return
-        self.stats.dropped[reason] += 1
+        self.stats.dropped_by_reason[reason] += 1
         self._emit(Send(p.Dropped(pts, entry.capture_us, reason)))
 
     def _request_keyframe(self, reason: p.KeyframeReason, now: float) -> None:

@@ -158,7 +158,7 @@ def test_each_scheduler_drop_is_answered_with_its_reason(reason: p.DropReason) -
     stream.on_inferred(InferenceDone(frame, reason))
     assert sent(stream) == [p.Dropped(0, 0, reason)]
     stream.on_inferred(InferenceDone(frame, BOX, 1.0, 1.1))  # too late: answered once
-    assert sent(stream) == [] and stream.stats.dropped == Counter({reason: 1})
+    assert sent(stream) == [] and stream.stats.dropped_by_reason == Counter({reason: 1})
 
 
 def test_an_access_unit_without_a_picture_is_settled_by_the_next_picture() -> None:
