@@ -25,6 +25,7 @@ from websockets.typing import Origin
 from shelf_stream import protocol as p
 from shelf_stream.engine.base import Detector
 from shelf_stream.errors import ConfigError, RemoteProtocolError
+from shelf_stream.server import memory
 from shelf_stream.server.admission import Admission, AdmissionLimits, Refused
 from shelf_stream.server.config import ServerConfig
 from shelf_stream.server.limits import LogThrottle
@@ -98,6 +99,9 @@ class Server:
             )
         )
         self._ws_server: WsServer | None = None
+        self._trim_timer: asyncio.TimerHandle | None = None
+        self._trimming = False  # a trim is running on a worker thread
+        self._trim_wanted = False  # a stream closed since the last trim started
         self._refusal_log = LogThrottle(REFUSAL_LOG_INTERVAL_S)
 
     @property
@@ -106,6 +110,7 @@ class Server:
         return int(next(iter(self._ws_server.sockets)).getsockname()[1])
 
     async def start(self) -> None:
+        memory.bound_allocator(self.config.malloc_arenas, self.config.malloc_mmap_threshold_bytes)
         self.scheduler.start()
         self._ws_server = await serve(
             self._handle,
@@ -157,6 +162,8 @@ class Server:
                 for session in list(self.sessions):
                     session.abort()
                 await self._ws_server.wait_closed()
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
         await self.scheduler.close()
         log.info("server stopped")
 
@@ -188,6 +195,7 @@ class Server:
             finally:
                 self.sessions.discard(session)
                 self.metrics.active_streams.dec()
+                self._schedule_trim()
         finally:
             self.admission.on_close(connection)
 
@@ -240,6 +248,26 @@ class Server:
             return
         more = f" ({held_back} more from {session.peer_host} since)" if held_back else ""
         log.warning("refusing %s: %s%s", session.peer, reason, more)
+
+    def _schedule_trim(self) -> None:
+        """After streams close, give their memory back (on a worker thread): at most once
+        per ``memory.TRIM_INTERVAL_S``, and always once after the last close."""
+        self._trim_wanted = True
+        if self._trim_timer is None and not self._trimming:
+            loop = asyncio.get_running_loop()
+            self._trim_timer = loop.call_later(memory.TRIM_INTERVAL_S, self._start_trim)
+
+    def _start_trim(self) -> None:
+        self._trim_timer = None
+        self._trim_wanted = False
+        self._trimming = True
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, memory.trim).add_done_callback(self._trimmed)
+
+    def _trimmed(self, _: asyncio.Future[bool]) -> None:
+        self._trimming = False
+        if self._trim_wanted:  # streams closed while it ran: once more after them
+            self._schedule_trim()
 
 
 def _origins(allowed: tuple[str, ...] | None) -> list[Origin | None] | None:

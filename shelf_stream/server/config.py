@@ -55,6 +55,10 @@ class ServerConfig:
     # Pictures larger than the Hello's size are dropped; after this many, an Error.
     max_size_mismatches: int = 5
     stalled_reader_timeout_s: float = 10.0
+    # glibc malloc: at most this many arenas, and blocks from this size up in their own
+    # mappings (None: glibc's defaults); see server.memory for the measurement.
+    malloc_arenas: int | None = 2
+    malloc_mmap_threshold_bytes: int | None = 64 * 1024
     drain_timeout_s: float = 5.0
     close_timeout_s: float = 1.0  # after an Error, for the peer's close frame
     keyframe_request_interval_ms: float = 300.0
