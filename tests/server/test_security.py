@@ -26,7 +26,7 @@ from shelf_stream.engine import EngineConfig, create_detector
 from shelf_stream.engine.base import Detector
 from shelf_stream.errors import ConfigError
 from shelf_stream.server import Server, ServerConfig
-from shelf_stream.server.wsconn import StampedConnection
+from shelf_stream.server.wsconn import Arrival, ArrivalClock, StampedConnection
 
 
 @pytest.fixture(scope="module")
@@ -383,3 +383,13 @@ def test_a_client_whose_window_stays_closed_is_cut_off_once(
     assert cut_off and not_reading == 1
     warnings = [r for r in caplog.records if "has not read its results" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_a_read_after_a_pause_counts_from_the_pause() -> None:
+    """What waited in the kernel while reading was paused may have arrived any time
+    since the pause: rate limits count it from then, the delay feedback from the read."""
+    clock = ArrivalClock()
+    assert clock.on_read(1.0) == Arrival(1.0, 1.0)
+    clock.on_pause(1.2)  # the session fell behind
+    assert clock.on_read(3.5) == Arrival(3.5, 1.2)  # reading resumed much later
+    assert clock.on_read(3.6) == Arrival(3.6, 3.6)  # reading on: read as it arrives
