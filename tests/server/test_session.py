@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from shelf_stream import protocol as p
 from shelf_stream.bench.fuzz_geometry import resize_sps
 from shelf_stream.codec import EncoderConfig, get_encoder
+from shelf_stream.codec.recovery import RecoveringDecoder
 from shelf_stream.engine import EngineConfig, create_detector
 from shelf_stream.engine.base import Detector
 from shelf_stream.server import Server, ServerConfig
@@ -232,15 +233,27 @@ def test_pictures_larger_than_the_hello_are_dropped_then_refused(detector: Detec
     assert frames_run == 0 and not [e for e in events if isinstance(e, p.Result)]
 
 
-def test_a_forged_huge_sps_never_reaches_the_decoder(detector: Detector) -> None:
-    """The outside attack: 10 KB access units whose SPS says 7680x4320."""
+def test_a_forged_huge_sps_never_reaches_the_decoder(
+    detector: Detector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outside attack: 10 KB access units whose SPS says 7680x4320. They are
+    refused on the SPS, before any decoder could allocate a picture."""
     units = encoded_clip(3)
     forged = [(pts, key, resize_sps(data, 7680, 4320) if key else data) for pts, key, data in units]
+    decoded: list[int] = []
+    real_decode = RecoveringDecoder.decode
+
+    def recording_decode(self: RecoveringDecoder, data: bytes, *, pts: int, seq: int) -> object:
+        decoded.append(pts)
+        return real_decode(self, data, pts=pts, seq=seq)
+
+    monkeypatch.setattr(RecoveringDecoder, "decode", recording_decode)
 
     async def scenario(server: Server) -> tuple[list[p.Event], int | None]:
         return await _stream_and_collect(server.port, p.Hello("hevc", WIDTH, HEIGHT, FPS), forged)
 
     events, close_code = run_with_server(detector, scenario)  # type: ignore[misc]
+    assert decoded == [], "an access unit of the oversized stream reached the decoder"
     answers = [e for e in events if isinstance(e, p.Result | p.Dropped)]
     assert [(a.pts, a.reason) for a in answers] == [  # type: ignore[union-attr]
         (pts, p.DropReason.SIZE_MISMATCH) for pts, _, _ in units
