@@ -75,6 +75,10 @@ FRESH_CLIENT_INTERVAL_S = 0.4
 #: A crowd connection refused or evicted (SERVER_BUSY) tries again after this long.
 CROWD_RETRY_S = 0.5
 LIAR_ADDRESSES = 16
+#: A new liar every this many seconds: lies, not a connection flood (each liar is cut
+#: off after ``max_size_mismatches`` pictures, so back to back they were ~75 connections
+#: a second, whose handshakes alone cost the healthy stream frames on a loaded machine).
+LIAR_INTERVAL_S = 0.05
 FLOOD_INTERVAL_S = 0.8
 #: The server stamps a message when it reads it off the socket, which a starved server
 #: does a little after the client sent it: the rate-limit bound allows this much more
@@ -396,6 +400,8 @@ async def geometry_lie(server: Server, clip: tuple[ClipUnit, ...], stop: asyncio
     while not stop.is_set() or index < len(liars):
         results_to_liars += await tell(liars[index % len(liars)], index)
         index += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), LIAR_INTERVAL_S)
     results_to_control = await tell(control, index)
     return {
         "liars": index,
