@@ -41,8 +41,9 @@ from shelf_stream.server.geometry import PictureBudget, access_unit_sps
 from shelf_stream.server.scheduler import InferenceDone, PendingFrame
 
 #: Access units decoded without a picture yet. A zero-delay decoder gives each one its
-#: picture at once; after this many (H.265's largest picture buffer) without any, the
-#: oldest will get none: answered NO_FRAME, so the table stays bounded.
+#: picture at once (a camera's B-frames a few later); after this many (H.265's largest
+#: picture buffer) without any, the oldest will get none: answered NO_FRAME, so the
+#: table stays bounded.
 MAX_DECODER_DELAY = 16
 
 
@@ -182,7 +183,9 @@ class StreamLedger:
         self.config = config
         self.stats = LedgerStats()
         self._unanswered: dict[int, _Entry] = {}
-        self._decoder_pending: deque[int] = deque()  # decoded, no picture yet, in order
+        # pts decoded without a picture yet, in decode order (a dict: ordered, and a
+        # picture leaves it wherever it is: B-frames come out in another order).
+        self._decoder_pending: dict[int, None] = {}
         self._last_keyframe_request: float | None = None
         self._arrivals: list[tuple[int, int]] = []  # (seq, arrival µs) for the next Feedback
         self._feedback_due: float | None = None
@@ -247,11 +250,13 @@ class StreamLedger:
                 if decoded.request_keyframe:
                     self._request_keyframe(keyframe_reason(decoded.drop), decoded.decoded_at)
             elif decoded.pts in self._unanswered:
-                self._decoder_pending.append(decoded.pts)
+                self._decoder_pending[decoded.pts] = None
         for picture in decoded.pictures:
             self._on_picture(picture, decoded.decoded_at)
         while len(self._decoder_pending) > MAX_DECODER_DELAY:
-            self._answer(self._decoder_pending.popleft(), p.DropReason.NO_FRAME)
+            oldest = next(iter(self._decoder_pending))
+            del self._decoder_pending[oldest]
+            self._answer(oldest, p.DropReason.NO_FRAME)
 
     def on_inferred(self, done: InferenceDone) -> None:
         """A frame left the scheduler: inferred, or dropped there."""
@@ -358,15 +363,12 @@ class StreamLedger:
     # --------------------------------------------------------------- answering
 
     def _settle_decoder_pending(self, pts: int) -> None:
-        """Pictures come out in order: earlier pts still waiting for one got none."""
-        while self._decoder_pending and self._decoder_pending[0] != pts:
-            missing = self._decoder_pending.popleft()
-            if missing > pts:
-                self._decoder_pending.appendleft(missing)
-                return
+        """Pictures come out in display order, by pts: a pts below this picture's still
+        without a picture will get none, wherever it was in decode order."""
+        self._decoder_pending.pop(pts, None)
+        for missing in [waiting for waiting in self._decoder_pending if waiting < pts]:
+            del self._decoder_pending[missing]
             self._answer(missing, p.DropReason.NO_FRAME)
-        if self._decoder_pending:
-            self._decoder_pending.popleft()
 
     def _answer(self, pts: int, reason: p.DropReason) -> None:
         entry = self._unanswered.pop(pts, None)

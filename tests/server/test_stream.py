@@ -383,3 +383,42 @@ def test_every_pts_is_answered_exactly_once_whatever_happens(events: list[tuple]
         if isinstance(action, Send) and isinstance(action.message, p.Dropped):
             answers[action.message.pts] += 1
     assert answers == sent_pts
+
+
+def test_b_frames_reordered_by_the_decoder_are_each_inferred_once() -> None:
+    """A camera's pass-through stream: decode order 0 3 1 2 6 4 5, display order by pts.
+    A picture settles only the pts below it that never got one, wherever they wait."""
+    stream = ledger()
+    decode_order = [0, 3, 1, 2, 6, 4, 5]
+    for seq, index in enumerate(decode_order):
+        stream.on_video(p.Video(seq, index * 3000, index, index == 0, P_FRAME), 1.0)
+    actions(stream)
+    frames = {}
+    # The decoder holds one picture back: each access unit releases the previous one
+    # in display order (0 at once, then 1, 2, 3, 4, 5 as 1, 2, 6, 4, 5 come in).
+    released = {0: [0], 3: [], 1: [1], 2: [2, 3], 6: [], 4: [4], 5: [5, 6]}
+    for index in decode_order:
+        stream.on_decoded(decoded(index * 3000, *(i * 3000 for i in released[index])))
+        for action in actions(stream):
+            assert not isinstance(action, Send), f"{action} answered before inference"
+            assert isinstance(action, Infer)
+            frames[action.frame.pts] = action.frame
+    assert sorted(frames) == [i * 3000 for i in range(7)]
+    for frame in frames.values():
+        stream.on_inferred(InferenceDone(frame, BOX, 1.1, 1.2))
+    results = [m for m in sent(stream) if isinstance(m, ResultReady)]
+    assert sorted(r.pts for r in results) == sorted(frames)
+    assert stream.unanswered == 0
+
+
+def test_a_picture_settles_only_older_pts_without_a_picture() -> None:
+    stream = ledger()
+    for seq in range(3):
+        stream.on_video(video(seq, KEYFRAME if seq == 0 else P_FRAME), 1.0)
+    actions(stream)
+    stream.on_decoded(decoded(0))  # no picture
+    stream.on_decoded(decoded(6000))  # no picture
+    stream.on_decoded(decoded(3000, 3000))  # 3000 out: 0 never will be; 6000 still may
+    out = sent(stream)
+    assert out == [p.Dropped(0, 0, p.DropReason.NO_FRAME)]
+    assert stream.is_unanswered(6000)
