@@ -173,8 +173,8 @@ class Session:
     async def handshake(self) -> p.Hello:
         """Read and check the Hello (the caller bounds the wait). ``RemoteProtocolError``
         if it is not a valid hello for this server."""
-        message, arrival = await self.ws.recv_stamped()
-        self._message_rate.allow(arrival.earliest_at)  # counted; a full bucket has room
+        message, arrived_at = await self.ws.recv_stamped()
+        self._message_rate.allow(arrived_at)  # counted; a full bucket always has room
         self._proto.receive_message(message)
         events = self._proto.events_received()
         if len(events) != 1 or not isinstance(events[0], p.Hello):
@@ -307,11 +307,11 @@ class Session:
             # one connection would hold the event loop from every other stream.
             await asyncio.sleep(0)
             try:
-                message, arrival = await self.ws.recv_stamped()
+                message, arrived_at = await self.ws.recv_stamped()
             except ConnectionClosedOK:
                 return False
             # Counted by arrival: a server slow to get here lets no more through.
-            if not self._message_rate.allow(arrival.earliest_at):
+            if not self._message_rate.allow(arrived_at):
                 raise RemoteProtocolError(
                     f"more than {self.config.max_messages_per_s:g} messages per second",
                     code=p.ErrorCode.LIMIT_EXCEEDED,
@@ -323,9 +323,9 @@ class Session:
                     await self._decode_inbox.room()  # the decoder is behind: TCP pushes back
                     self.metrics.frames_in.inc()
                     self.metrics.bytes_in.inc(len(event.data))
-                    ledger.on_video(event, arrival.read_at)
+                    ledger.on_video(event, self._clock())
                 elif isinstance(event, p.Probe):
-                    ledger.on_probe(event, len(message), arrival.read_at)
+                    ledger.on_probe(event, len(message), self._clock())
                 elif isinstance(event, p.Bye):
                     return True
                 elif isinstance(event, p.Error):

@@ -1,19 +1,22 @@
-"""websockets' server connection, with each message stamped when it came off the socket.
+"""websockets' server connection, with each message stamped when it arrived, for rate limits.
 
 A session may get to a message long after it arrived: a CPU-starved server, or a
-burst read in one go (one read of 64 KiB holds thousands of small messages). Rate
-limits and the client's arrival feedback need the arrival, not the moment the session
-got there, so ``StampedConnection`` (passed to ``serve(create_connection=...)``) stamps
-every complete data message as websockets parses it, and ``recv_stamped`` hands the
-message out with its ``Arrival``.
+burst read in one go (one read of 64 KiB holds thousands of small messages). A rate
+limit counted when the session got there lets a flood through on a slow server, so
+``StampedConnection`` (passed to ``serve(create_connection=...)``) stamps every
+complete data message as websockets parses it, and ``recv_stamped`` hands the message
+out with its stamp.
 
 websockets stops reading the socket while it holds ``max_queue`` messages the session
 has not taken; what the peer sends meanwhile waits in the kernel and is read only when
 the session catches up. Such a message arrived at some moment between the pause and
-the read, so it carries two times (``ArrivalClock``): ``read_at``, when it was read
-(what the client's delay-based rate control must see: the queueing is real), and
-``earliest_at``, when reading was paused before it (what rate limits count: a slow
-server must not let a flood through because it read the flood late).
+the read: it is stamped with the pause (``ArrivalClock``), the earliest it can have
+arrived, so a server that reads a flood late counts it no later than it came.
+
+Only rate limits use these stamps. The arrival times the client gets (ProbeAck,
+Feedback) are when the session handled each message, as before: messages read in one
+go share one stamp, and the client's probe measures throughput from the spread of its
+burst's arrivals; a server-side queue also shows there, as it should, as delay.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -30,14 +32,8 @@ from websockets.protocol import Event
 from websockets.typing import Data
 
 
-@dataclass(frozen=True, slots=True)
-class Arrival:
-    read_at: float  # read off the socket (monotonic s)
-    earliest_at: float  # it may have been waiting in the kernel since then
-
-
 class ArrivalClock:
-    """The arrival of each read, given when reads and pauses happen. Sans-I/O.
+    """The earliest arrival of each read, given when reads and pauses happen. Sans-I/O.
 
     A read right after a pause may hold data that arrived any time since the pause;
     other reads hold what arrived just before them (reading was on). Stamps never go
@@ -51,14 +47,14 @@ class ArrivalClock:
         """Reading stopped (the session is behind)."""
         self._paused_at = now
 
-    def on_read(self, now: float) -> Arrival:
+    def on_read(self, now: float) -> float:
         earliest = self._paused_at if self._paused_at is not None else now
         self._paused_at = None
-        return Arrival(now, earliest)
+        return earliest
 
 
 class StampedConnection(ServerConnection):
-    """A ``ServerConnection`` whose messages carry their ``Arrival``."""
+    """A ``ServerConnection`` whose messages carry when they arrived (monotonic s)."""
 
     clock = staticmethod(time.monotonic)
 
@@ -66,9 +62,9 @@ class StampedConnection(ServerConnection):
         super().__init__(*args, **kwargs)
         # One stamp per complete message websockets holds for recv(): bounded by what
         # websockets buffers (max_queue, plus the messages of one read).
-        self.arrivals: deque[Arrival] = deque()
+        self.arrivals: deque[float] = deque()
         self._arrival_clock = ArrivalClock()
-        self._read = Arrival(0.0, 0.0)  # the read being parsed
+        self._read_arrival = 0.0  # the read being parsed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -81,15 +77,15 @@ class StampedConnection(ServerConnection):
         self.recv_messages.pause = pause_reading
 
     def data_received(self, data: bytes) -> None:
-        self._read = self._arrival_clock.on_read(self.clock())
+        self._read_arrival = self._arrival_clock.on_read(self.clock())
         super().data_received(data)
 
     def process_event(self, event: Event) -> None:
         super().process_event(event)
         if isinstance(event, Frame) and event.fin and event.opcode in DATA_OPCODES:
-            self.arrivals.append(self._read)
+            self.arrivals.append(self._read_arrival)
 
-    async def recv_stamped(self) -> tuple[Data, Arrival]:
+    async def recv_stamped(self) -> tuple[Data, float]:
         """The next message and when its last frame arrived."""
         message = await self.recv()
         return message, self.arrivals.popleft()
