@@ -24,7 +24,10 @@ Bodies:
   ``class_id u16, score f32, x1 f32, y1 f32, x2 f32, y2 f32`` in source-frame pixels.
   Stage durations are measured on the server's clock, never absolute times, so no
   clock sync is needed.
-* Dropped (server → client): ``pts i64, capture_us i64, reason u8`` (DropReason).
+* Dropped (server → client): ``pts i64, capture_us i64, reason u8`` (DropReason). A
+  stream may send pictures smaller than its Hello's size (a client adapting to its
+  link), never larger: those are answered SIZE_MISMATCH, and a stream that keeps
+  sending them gets an Error (LIMIT_EXCEEDED).
 * KeyframeRequest (server → client): ``reason u8`` (KeyframeReason).
 * Error (both ways): ``code u16`` (ErrorCode) then UTF-8 text.
 * Bye (client → server): empty; the client sends no more video, the server answers
@@ -136,6 +139,7 @@ class DropReason(enum.IntEnum):
     INVALID = 7  # the access unit is not valid Annex-B for the codec
     NO_FRAME = 8  # the decoder produced no picture for it
     INFERENCE_ERROR = 9  # the detector failed on it
+    SIZE_MISMATCH = 10  # its picture is larger than the size the Hello announced
 
 
 class KeyframeReason(enum.IntEnum):

@@ -20,6 +20,11 @@ Checks:
   frame with a Result in both runs must have the same classes and boxes (IoU > 0.99):
   the decoder is deterministic for the same access units after the loop's keyframe;
 * no leaked threads: once every session is released, no decoder thread is left.
+
+Then the targeted cases (``fuzz_targeted``, ``--targeted-frames``), against a server
+with the shipped defaults: a geometry lie, an idle crowd before Hello, a flood while
+the CPU is starved, each beside the healthy stream and compared with it alone; fresh
+clients timed to Ready during the crowd; RSS before, during and after.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from shelf_stream.server import Server, ServerConfig
 DEFAULT_CASES = 10_000
 DEFAULT_SEED = 1
 DEFAULT_CONCURRENCY = 8
+DEFAULT_TARGETED_FRAMES = 60
 CLIP_WIDTH, CLIP_HEIGHT, CLIP_FPS = 320, 240, 15.0
 CLIP_FRAMES = 30  # 2 s loop, one keyframe at its start
 PTS_STEP = round(p.TIME_BASE_HZ / CLIP_FPS)
@@ -80,6 +86,10 @@ def add_fuzz_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="attackers at a time"
     )
+    parser.add_argument(
+        "--targeted-frames", type=int, default=DEFAULT_TARGETED_FRAMES,
+        help="healthy frames per run of the targeted cases (0 skips them)",
+    )  # fmt: skip
     parser.add_argument("--model", help="ONNX model (default: the usual lookup)")
     parser.add_argument("--json", type=Path, help="write the report here")
     return parser
@@ -94,7 +104,14 @@ def run_fuzz(args: argparse.Namespace) -> dict[str, Any]:
     detector = create_detector(EngineConfig(model_path=resolve_model(args.model)))
     try:
         clip = encode_clip()
-        report = asyncio.run(_campaign(detector, clip, args.cases, args.seed, args.concurrency))
+        targeted = None
+        if args.targeted_frames > 0:
+            from shelf_stream.bench.fuzz_targeted import Clips, encode_big_clip
+
+            targeted = (Clips(clip, encode_big_clip()), args.targeted_frames)
+        report = asyncio.run(
+            _campaign(detector, clip, args.cases, args.seed, args.concurrency, targeted)
+        )
     finally:
         detector.close()
     return publish(format_report(report), report, args.json)
@@ -393,9 +410,12 @@ def campaign_config() -> ServerConfig:
         limits=p.ServerLimits(max_message_bytes=CAMPAIGN_MAX_MESSAGE_BYTES),
         hello_timeout_s=CAMPAIGN_HELLO_TIMEOUT_S,
         max_streams=64,  # attackers + the healthy stream + sessions still closing
-        # Every attacker comes from 127.0.0.1: the per-address limit (tested on its own
-        # in tests/server/test_security.py) would refuse the campaign's own concurrency.
+        # Every attacker comes from 127.0.0.1: the per-address limits (tested on their
+        # own in tests/server, and by the targeted cases) would refuse the campaign's
+        # own concurrency.
         max_streams_per_address=64,
+        max_pending_hellos=64,
+        max_pending_hellos_per_address=64,
     )
 
 
@@ -478,7 +498,12 @@ async def probe_round_trip(port: int, clip: tuple[ClipUnit, ...]) -> bool:
 
 
 async def _campaign(
-    detector: Detector, clip: tuple[ClipUnit, ...], cases: int, seed: int, concurrency: int
+    detector: Detector,
+    clip: tuple[ClipUnit, ...],
+    cases: int,
+    seed: int,
+    concurrency: int,
+    targeted: tuple[Any, int] | None = None,
 ) -> dict[str, Any]:
     audit = LogAudit()
     loop = asyncio.get_running_loop()
@@ -488,6 +513,12 @@ async def _campaign(
         with audit_logs(audit):
             async with Server(campaign_config(), detector) as server:
                 report = await _run_phases(server, clip, cases, seed, concurrency, audit)
+            if targeted is not None:
+                from shelf_stream.bench.fuzz_targeted import run_targeted
+
+                clips, frames = targeted
+                _progress(f"targeted cases: {frames} healthy frames per run")
+                report["targeted"] = await run_targeted(detector, clips, frames)
     finally:
         loop.set_exception_handler(previous_handler)
     report["log"] = {
@@ -524,7 +555,7 @@ async def _run_phases(
         max_message_bytes=config.limits.max_message_bytes,
         hello_timeout_s=config.hello_timeout_s,
         max_messages_per_s=config.max_messages_per_s,
-        session_open=lambda port: any(s.peer.endswith(f":{port}") for s in server.sessions),
+        session_open=lambda port: session_open(server, port),
     )  # fmt: skip
     _progress(f"campaign: {cases} cases, {concurrency} attackers at a time, seed {seed}")
     healthy = HealthyStream(server.port, clip)
@@ -564,6 +595,13 @@ async def _run_phases(
     }
 
 
+def session_open(server: Server, port: int) -> bool:
+    """Whether the server still holds a connection from our local ``port`` (streaming,
+    or still waiting for its hello)."""
+    waiting = (pending.session for pending in server.pending.values())
+    return any(s.peer.endswith(f":{port}") for s in (*server.sessions, *waiting))
+
+
 def _verdict(report: dict[str, Any]) -> bool:
     healthy = report["healthy"]
     return (
@@ -577,6 +615,7 @@ def _verdict(report: dict[str, Any]) -> bool:
         and report["threads"]["leaked_decoder_threads"] == 0
         and report["threads"]["sessions_left"] == 0
         and report["anomalies"] == 0
+        and all(report.get("targeted", {}).get("ok", {}).values())
     )
 
 
@@ -607,6 +646,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [f"    {n:>5}  {what}" for what, n in report["anomalies_by_kind"].items()]
     lines += [f"    e.g. {example}" for example in report["anomaly_examples"][:5]]
     lines += [f"    traceback: {tb.splitlines()[0]}" for tb in report["log"]["tracebacks"]]
+    if "targeted" in report:
+        from shelf_stream.bench.fuzz_targeted import format_targeted
+
+        lines += format_targeted(report["targeted"])
     lines.append("  outcomes by kind:")
     for kind, entry in report["kinds"].items():
         outcomes = ", ".join(f"{label}: {n}" for label, n in list(entry["outcomes"].items())[:4])

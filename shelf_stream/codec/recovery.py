@@ -8,6 +8,7 @@ a fresh decoder so that no state from the broken stretch can leak into it.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +21,24 @@ from shelf_stream.errors import CodecError
 
 logger = logging.getLogger("shelf_stream.codec")
 
-#: ``DecodeResult.dropped_reason`` values.
-REASON_DECODE_ERROR = "decode_error"
-REASON_GAP = "gap"
-REASON_INVALID = "invalid"
-REASON_AWAITING_KEYFRAME = "awaiting_keyframe"
+
+class DecodeDrop(enum.StrEnum):
+    """Why an access unit gave no picture (``DecodeResult.dropped_reason``).
+
+    The server maps each member to its wire reason exhaustively (``server.stream``);
+    the values are the names the metrics and logs use.
+    """
+
+    DECODE_ERROR = "decode_error"  # the decoder failed on it
+    GAP = "gap"  # an earlier access unit is missing
+    INVALID = "invalid"  # not a valid Annex-B access unit
+    AWAITING_KEYFRAME = "awaiting_keyframe"  # after trouble, until the next keyframe
+
+
+REASON_DECODE_ERROR = DecodeDrop.DECODE_ERROR
+REASON_GAP = DecodeDrop.GAP
+REASON_INVALID = DecodeDrop.INVALID
+REASON_AWAITING_KEYFRAME = DecodeDrop.AWAITING_KEYFRAME
 
 #: While still waiting, ask for a keyframe again every this many access units (the
 #: first request may have been lost or the sender may have ignored it; the server
@@ -36,13 +50,13 @@ KEYFRAME_RETRY_AUS = 30
 class DecodeResult:
     """What became of one access unit.
 
-    ``frames`` are the decoded frames (empty when dropped); ``dropped_reason`` is one of
-    the ``REASON_*`` values or ``None``; ``request_keyframe`` asks the caller to send
+    ``frames`` are the decoded frames (empty when dropped); ``dropped_reason`` says why
+    it was dropped, ``None`` if it was not; ``request_keyframe`` asks the caller to send
     the peer a keyframe request now.
     """
 
     frames: tuple[av.VideoFrame, ...]
-    dropped_reason: str | None
+    dropped_reason: DecodeDrop | None
     request_keyframe: bool
 
 
@@ -139,7 +153,7 @@ class RecoveringDecoder:
     def _is_keyframe(self, data: bytes) -> bool:
         return nal.is_keyframe(self.codec, data) if self._annex_b else True
 
-    def _fail(self, reason: str, detail: str, seq: int) -> DecodeResult:
+    def _fail(self, reason: DecodeDrop, detail: str, seq: int) -> DecodeResult:
         if self._waiting and reason == REASON_DECODE_ERROR:
             # The keyframe we were waiting for failed: the sender believes we have
             # recovered, so this is a new wait that deserves a new request.
@@ -147,7 +161,7 @@ class RecoveringDecoder:
         self._start_wait(reason, detail, seq)
         return self._drop(reason)
 
-    def _start_wait(self, reason: str, detail: str, seq: int | None) -> None:
+    def _start_wait(self, reason: DecodeDrop, detail: str, seq: int | None) -> None:
         self._close_decoder()
         if self._waiting:
             logger.debug(
@@ -181,7 +195,7 @@ class RecoveringDecoder:
         self._waiting = False
         self._dropped_in_wait = 0
 
-    def _drop(self, reason: str) -> DecodeResult:
+    def _drop(self, reason: DecodeDrop) -> DecodeResult:
         self.dropped_total += 1
         self._dropped_in_wait += 1
         return DecodeResult((), reason, self._should_request())

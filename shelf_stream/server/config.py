@@ -18,7 +18,15 @@ class ServerConfig:
       decoder; when full the server stops reading that socket (TCP backpressure),
       it never drops compressed data.
     - ``outbox_messages``: answers per stream waiting to be written; when full the
-      client is not reading its results and is disconnected.
+      server stops reading that socket until the writer catches up (answers already
+      owed are still queued: they are bounded by the frames in flight). A client whose
+      receive window stays closed for ``stalled_reader_timeout_s`` is not reading its
+      results and is disconnected.
+
+    Admission: a connection that has not said its Hello is pending; at most
+    ``max_pending_hellos`` are (``max_pending_hellos_per_address`` per client address),
+    each for at most ``hello_timeout_s``; they never hold a stream slot (see
+    ``server.admission``).
     """
 
     host: str = "0.0.0.0"
@@ -35,12 +43,22 @@ class ServerConfig:
     decoder: str = "auto"  # auto (NVDEC if available, else software), software, nvdec
     max_streams: int = 32
     max_streams_per_address: int = 8
-    # Messages per second per connection (averaged; bursts of twice that pass). A 120 fps
-    # stream with feedback and probes stays far below; a flood is cut off.
+    max_pending_hellos: int = 32
+    max_pending_hellos_per_address: int = 4
+    # Messages per second per connection, counted when they arrive (averaged; bursts of
+    # twice that pass). A 120 fps stream with feedback and probes stays far below; a
+    # flood is cut off.
     max_messages_per_s: float = 400.0
     decode_queue_packets: int = 32
     outbox_messages: int = 512
-    hello_timeout_s: float = 10.0
+    hello_timeout_s: float = 2.0
+    # Pictures larger than the Hello's size are dropped; after this many, an Error.
+    max_size_mismatches: int = 5
+    stalled_reader_timeout_s: float = 10.0
+    # glibc malloc: at most this many arenas, and blocks from this size up in their own
+    # mappings (None: glibc's defaults); see server.memory for the measurement.
+    malloc_arenas: int | None = 2
+    malloc_mmap_threshold_bytes: int | None = 64 * 1024
     drain_timeout_s: float = 5.0
     close_timeout_s: float = 1.0  # after an Error, for the peer's close frame
     keyframe_request_interval_ms: float = 300.0

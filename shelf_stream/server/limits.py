@@ -20,3 +20,29 @@ class TokenBucket:
             return False
         self._tokens -= cost
         return True
+
+
+class LogThrottle:
+    """Lets a message key through once per ``interval_s``, counting what it held back.
+
+    For warnings about connections that never became streams (refusals, evictions):
+    a crowd of them must not flood the log, but the operator must still hear of it.
+    At most ``max_keys`` keys are remembered (the oldest is forgotten first).
+    """
+
+    def __init__(self, interval_s: float, *, max_keys: int = 1024) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._said: dict[object, tuple[float, int]] = {}  # key → (last said, held back since)
+
+    def allow(self, key: object, now: float) -> int | None:
+        """None: hold this one back. Otherwise say it, with this many held back since."""
+        entry = self._said.get(key)
+        if entry is not None and now - entry[0] < self.interval_s:
+            self._said[key] = (entry[0], entry[1] + 1)
+            return None
+        self._said.pop(key, None)
+        if len(self._said) >= self.max_keys:
+            del self._said[next(iter(self._said))]
+        self._said[key] = (now, 0)
+        return entry[1] if entry is not None else 0

@@ -7,7 +7,9 @@ on the event loop.
 
 Drop rules (docs/design.md, "Server"): one slot per stream holds its newest decoded frame; a frame
 replaced before inference is answered ``SUPERSEDED``; a frame older than
-``max_frame_age_s`` when its batch would start is answered ``TOO_OLD``.
+``max_frame_age_s`` when its batch would start is answered ``TOO_OLD``. Every frame
+offered leaves through its stream's callback exactly once, as an ``InferenceDone``
+carrying detections or the wire's ``DropReason`` (until the stream unregisters).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from shelf_stream import protocol as p
 from shelf_stream.engine.base import Detections, Detector, PreparedImage
 
 log = logging.getLogger("shelf_stream.server")
@@ -118,9 +121,18 @@ class SchedulerPolicy:
         return Batch(batch, too_old)
 
 
-#: Called on the event loop for every frame that leaves the scheduler:
-#: (frame, detections or None when dropped, inference start, inference end, drop reason).
-FrameDone = Callable[[PendingFrame, Detections | None, float, float, str | None], None]
+@dataclass(frozen=True, slots=True)
+class InferenceDone:
+    """A frame leaving the scheduler: its detections, or why it was dropped."""
+
+    frame: PendingFrame
+    outcome: Detections | p.DropReason
+    started: float = 0.0  # inference start and end (monotonic s); 0 when dropped
+    finished: float = 0.0
+
+
+#: Called on the event loop for every frame that leaves the scheduler.
+FrameDone = Callable[[InferenceDone], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,11 +195,12 @@ class InferenceScheduler:
         self._in_flight.pop(stream_id, None)
         return self._policy.remove_stream(stream_id)
 
-    def offer(self, frame: PendingFrame) -> PendingFrame | None:
-        """Queue ``frame`` for inference; returns the older frame it superseded, if any."""
+    def offer(self, frame: PendingFrame) -> None:
+        """Queue ``frame`` for inference; the frame it replaces is reported SUPERSEDED."""
         replaced = self._policy.offer(frame)
         self._wakeup.set()
-        return replaced
+        if replaced is not None:
+            self._finish(InferenceDone(replaced, p.DropReason.SUPERSEDED))
 
     async def wait_stream_idle(self, stream_id: int) -> None:
         """Return once the stream has no frame waiting or being inferred."""
@@ -214,7 +227,7 @@ class InferenceScheduler:
                 continue
             batch = self._policy.take_batch(self._clock())
             for frame in batch.too_old:
-                self._finish(frame, None, 0.0, 0.0, "too_old")
+                self._finish(InferenceDone(frame, p.DropReason.TOO_OLD))
             if batch.frames:
                 await self._infer(loop, batch.frames)
             await self._notify_idle()
@@ -223,41 +236,34 @@ class InferenceScheduler:
         for frame in frames:
             self._in_flight[frame.stream_id] = self._in_flight.get(frame.stream_id, 0) + 1
         started = self._clock()
+        outcomes: list[Detections | p.DropReason]
         try:
-            results: list[Detections | None] = list(
+            outcomes = list(
                 await loop.run_in_executor(
                     self._executor, self.detector.infer, [f.prepared for f in frames]
                 )
             )
-            reason = None
         except Exception:
             log.exception(
                 "inference failed on a batch of %d frames; answering them dropped", len(frames)
             )
-            results, reason = [None] * len(frames), "inference_error"
+            outcomes = [p.DropReason.INFERENCE_ERROR] * len(frames)
         finished = self._clock()
         self.batches_run += 1
         self.frames_run += len(frames)
-        for frame, detections in zip(frames, results, strict=True):
+        for frame, outcome in zip(frames, outcomes, strict=True):
             if frame.stream_id in self._in_flight:
                 self._in_flight[frame.stream_id] -= 1
-            self._finish(frame, detections, started, finished, reason)
+            self._finish(InferenceDone(frame, outcome, started, finished))
 
-    def _finish(
-        self,
-        frame: PendingFrame,
-        detections: Detections | None,
-        started: float,
-        finished: float,
-        reason: str | None,
-    ) -> None:
-        callback = self._callbacks.get(frame.stream_id)
+    def _finish(self, done: InferenceDone) -> None:
+        callback = self._callbacks.get(done.frame.stream_id)
         if callback is None:
             return  # the stream is gone; nobody is waiting for this answer
         try:
-            callback(frame, detections, started, finished, reason)
+            callback(done)
         except Exception:
-            log.exception("stream %d failed to handle a result", frame.stream_id)
+            log.exception("stream %d failed to handle a result", done.frame.stream_id)
 
     async def _notify_idle(self) -> None:
         async with self._idle:

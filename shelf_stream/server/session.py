@@ -1,94 +1,122 @@
-"""One WebSocket connection = one stream: handshake, decode, hand-off to inference, answers.
+"""One WebSocket connection = one stream: I/O around the stream's ledger.
 
-Ownership:
-- the receive loop (event loop) parses messages and puts access units on a bounded
-  queue; when it is full the loop stops reading, so TCP pushes back on the client:
-  compressed packets are never dropped;
-- the decode task feeds them, one at a time, to this stream's own decoder thread
-  (decoder and letterbox run there, off the event loop);
-- decoded frames go to the shared ``InferenceScheduler`` (latest frame wins);
-- every answer (Result, Dropped, KeyframeRequest) goes through one bounded outbox
-  drained by the writer task, which stamps the "sent" time.
+Every decision about a pts (decode it, refuse it, offer it for inference, answer it)
+is the ``StreamLedger``'s (``server.stream``, sans-I/O). The session only moves data
+and runs the ledger's actions:
+
+- the receive loop (event loop) parses messages and feeds them to the ledger with
+  their arrival stamps (``StampedConnection``); it reads only while the decode inbox
+  and the outbox have room, so a slow decoder or writer pushes back on the client
+  through TCP: compressed packets are never dropped;
+- the decode task hands each access unit, one at a time, to this stream's own decoder
+  thread (the decoder, its size check and the letterbox run there, off the loop);
+- decoded frames go to the shared ``InferenceScheduler`` (latest frame wins), whose
+  callback reports every frame leaving it back to the ledger;
+- every message for the client goes through one outbox drained by the writer task,
+  which stamps the "sent" time of Results.
+
+The Hello is read by ``handshake`` before the stream has a slot (the server's
+admission decides, ``server.admission``); ``run`` then serves the stream to its close.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import av
-from websockets.asyncio.server import ServerConnection as WebSocket
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from shelf_stream import protocol as p
+from shelf_stream.codec.base import Decoder
 from shelf_stream.codec.nvdec import make_decoder_factory
-from shelf_stream.codec.recovery import DecodeResult, RecoveringDecoder
-from shelf_stream.engine.base import Detections, Detector, PreparedImage
+from shelf_stream.codec.recovery import DecodeDrop, DecodeResult, RecoveringDecoder
+from shelf_stream.engine.base import Detector
 from shelf_stream.errors import RemoteProtocolError, ShelfStreamError
 from shelf_stream.server.config import ServerConfig
+from shelf_stream.server.geometry import PictureBudget
 from shelf_stream.server.limits import TokenBucket
 from shelf_stream.server.metrics import ServerMetrics
-from shelf_stream.server.scheduler import InferenceScheduler, PendingFrame
+from shelf_stream.server.scheduler import InferenceDone, InferenceScheduler
+from shelf_stream.server.stream import (
+    Decode,
+    Decoded,
+    Infer,
+    LedgerConfig,
+    LedgerStats,
+    Message,
+    Picture,
+    ResultReady,
+    Send,
+    StreamLedger,
+    Warn,
+)
+from shelf_stream.server.wsconn import StampedConnection
 
 log = logging.getLogger("shelf_stream.server")
 
 _session_ids = itertools.count(1)
-
-_DROP_REASONS = {
-    "decode_error": p.DropReason.DECODE_ERROR,
-    "awaiting_keyframe": p.DropReason.AWAITING_KEYFRAME,
-    "gap": p.DropReason.GAP,
-    "invalid": p.DropReason.INVALID,
-    "too_old": p.DropReason.TOO_OLD,
-    "inference_error": p.DropReason.INFERENCE_ERROR,
-}
-_KEYFRAME_REASONS = {
-    "decode_error": p.KeyframeReason.DECODE_ERROR,
-    "gap": p.KeyframeReason.GAP,
-    "invalid": p.KeyframeReason.DECODE_ERROR,
-    "awaiting_keyframe": p.KeyframeReason.STILL_WAITING,
-}
+T = TypeVar("T")
 
 
-@dataclass(slots=True)
-class _Arrival:
-    """An access unit on its way to the decoder."""
+class Inbox(Generic[T]):
+    """A FIFO between two tasks of one stream, on the event loop.
 
-    video: p.Video
-    received_at: float
+    ``put`` never waits: the producers that cannot wait (callbacks, timers) only add
+    what the stream already owes, which the frames in flight bound. The producer that
+    can wait (the receive loop) waits for ``room`` below ``limit`` before it reads
+    more from the client.
+    """
 
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[T] = deque()
+        self._not_empty = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
 
-@dataclass(slots=True)
-class _Decoded:
-    """What the decoder thread returns for one access unit."""
+    def __len__(self) -> int:
+        return len(self._items)
 
-    result: DecodeResult
-    prepared: list[tuple[int, PreparedImage]]  # (pts, letterboxed frame)
-    decoded_at: float
+    def put(self, item: T) -> None:
+        self._items.append(item)
+        self._not_empty.set()
+        if len(self._items) >= self.limit:
+            self._room.clear()
 
+    async def get(self) -> T:
+        while not self._items:
+            self._not_empty.clear()
+            await self._not_empty.wait()
+        item = self._items.popleft()
+        if len(self._items) < self.limit:
+            self._room.set()
+        return item
 
-@dataclass(slots=True)
-class StreamStats:
-    frames_in: int = 0
-    bytes_in: int = 0
-    results: int = 0
-    dropped: int = 0
-    decode_errors: int = 0
+    async def room(self) -> None:
+        await self._room.wait()
+
+    def discard(self) -> None:
+        """The consumer is gone: drop what is queued and never make a producer wait."""
+        self._items.clear()
+        self._room.set()
 
 
 class Session:
-    """Serves one client connection from hello to close."""
+    """Serves one client connection from its hello to its close."""
 
     def __init__(
         self,
-        websocket: WebSocket,
+        websocket: StampedConnection,
         *,
         config: ServerConfig,
         detector: Detector,
@@ -101,30 +129,36 @@ class Session:
         self.config = config
         self.detector = detector
         self.scheduler = scheduler
-        self.stats = StreamStats()
         self.metrics = metrics or ServerMetrics()
         self._clock = clock
+        self.peer, self.peer_host = _peer_name(websocket)
         self._message_rate = TokenBucket(
             config.max_messages_per_s, 2 * config.max_messages_per_s, clock()
         )
         self._proto = p.ServerConnection(config.limits)
-        self._decode_queue: asyncio.Queue[_Arrival | None] = asyncio.Queue(
-            config.decode_queue_packets
-        )
-        # Answers for the client, stamped and sent by the writer task; None stops it.
-        self._outbox: asyncio.Queue[p.Event | _PendingResult | None] = asyncio.Queue(
-            config.outbox_messages
-        )
+        self._ledger: StreamLedger | None = None
+        self._make_decoder: Callable[[], Decoder] | None = None
+        self._budget: PictureBudget | None = None  # immutable: shared with the decoder thread
+        self._decoder: RecoveringDecoder | None = None  # owned by the decoder thread
+        self._executor: ThreadPoolExecutor | None = None
+        self._decoder_thread_started = False  # its thread starts with the first access unit
+        self._decode_inbox: Inbox[Decode | None] = Inbox(config.decode_queue_packets)
+        # None stops the writer.
+        self._outbox: Inbox[Message | p.Error | None] = Inbox(config.outbox_messages)
         self._outbox_done = asyncio.Event()
         self._shutting_down = asyncio.Event()
-        # pts received but not answered yet, with their capture stamps, in arrival order.
-        self._unanswered: dict[int, int] = {}
-        self._decoder_pending: deque[int] = deque()  # pts fed to the decoder, no frame yet
-        self._last_keyframe_request = -1e9
-        self._arrivals: list[tuple[int, int]] = []  # (seq, arrival µs) for the next Feedback
-        self._decoder: RecoveringDecoder | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self.peer, self.peer_host = _peer_name(websocket)
+        self._failed = asyncio.Event()
+        self._failure: RemoteProtocolError | None = None
+        self._pumping = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._warned: set[str] = set()
+
+    @property
+    def stats(self) -> LedgerStats:
+        """What the stream received and answered (all zero before its hello)."""
+        return self._ledger.stats if self._ledger is not None else LedgerStats()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -136,14 +170,37 @@ class Session:
         """Drop the connection now (a stream that did not finish in time)."""
         self.ws.transport.abort()
 
-    async def run(self) -> None:
+    async def handshake(self) -> p.Hello:
+        """Read and check the Hello (the caller bounds the wait). ``RemoteProtocolError``
+        if it is not a valid hello for this server."""
+        message, arrived_at = await self.ws.recv_stamped()
+        self._message_rate.allow(arrived_at)  # counted; a full bucket always has room
+        self._proto.receive_message(message)
+        events = self._proto.events_received()
+        if len(events) != 1 or not isinstance(events[0], p.Hello):
+            raise RemoteProtocolError(
+                "the first message must be a hello", code=p.ErrorCode.UNEXPECTED_MESSAGE
+            )
+        hello = events[0]
+        self._check_token(hello)
         try:
-            await self._serve()
-        except RemoteProtocolError as error:
-            code = p.ErrorCode(error.code)
-            log.warning("stream %d from %s: %s; closing", self.id, self.peer, error)
-            self.metrics.connections_refused.labels(code.name.lower()).inc()
-            await self._fail(code, str(error), error.close_code)
+            self._make_decoder = make_decoder_factory(hello.codec, self.config.decoder)
+        except ShelfStreamError as exc:
+            raise RemoteProtocolError(
+                f"codec {hello.codec} cannot be decoded here: {exc}",
+                code=p.ErrorCode.UNSUPPORTED_CODEC,
+                close_code=p.ErrorCode.UNSUPPORTED_CODEC.close_code,
+            ) from exc
+        return hello
+
+    async def refuse(self, code: p.ErrorCode, message: str, close_code: int) -> None:
+        """Before the stream started: say why, then close."""
+        await self._fail(code, message, close_code)
+
+    async def run(self, hello: p.Hello) -> None:
+        """Serve the stream (its slot is taken) from Ready to its close."""
+        try:
+            await self._serve(hello)
         except ConnectionClosed:
             log.info("stream %d from %s: client went away", self.id, self.peer)
         except TimeoutError:
@@ -155,80 +212,76 @@ class Session:
         finally:
             await self._release()
 
-    async def _serve(self) -> None:
-        hello = await self._handshake()
-        log.info(
-            "stream %d from %s: %s %dx%d @ %.3g fps (%s)",
-            self.id, self.peer, hello.codec, hello.width, hello.height, hello.fps,
-            hello.client or "unknown client",
-        )  # fmt: skip
-        writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
-        decoder = asyncio.create_task(self._decode_loop(), name=f"decode-{self.id}")
-        feedback = asyncio.create_task(self._feedback_loop(), name=f"feedback-{self.id}")
-        receiver = asyncio.create_task(self._receive_loop(), name=f"receive-{self.id}")
-        shutdown = asyncio.create_task(self._shutting_down.wait(), name=f"shutdown-{self.id}")
+    async def _serve(self, hello: p.Hello) -> None:
+        await self._start(hello)
+        writer = self._spawn(self._write_loop(), "writer")
+        decoder = self._spawn(self._decode_loop(), "decode")
+        receiver = self._spawn(self._receive_loop(), "receive")
+        shutdown = self._spawn(self._shutting_down.wait(), "shutdown")
+        failed = self._spawn(self._failed.wait(), "failed")
         try:
-            await asyncio.wait({receiver, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {receiver, shutdown, failed, writer, decoder}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if failed.done() and self._failure is not None:
+                raise self._failure
             if receiver.done():
                 if receiver.result():  # Bye: answer everything, then a normal close
                     await self._drain(decoder)
                     await self._close(1000, "bye")
-            else:
+            elif shutdown.done():
                 # Server shutdown: stop reading, answer what is in flight, then go away.
                 receiver.cancel()
                 await asyncio.gather(receiver, return_exceptions=True)
                 await self._drain(decoder)
                 await self._close(1001, "server shutting down")
+            else:
+                # The writer lost the connection (ConnectionClosed), or a bug ended the
+                # decode task: its exception ends the stream.
+                (writer if writer.done() else decoder).result()
+        except RemoteProtocolError as error:
+            receiver.cancel()  # read no more: the close discards what is left
+            await asyncio.gather(receiver, return_exceptions=True)
+            await self._refuse_stream(error)
         finally:
-            for task in (receiver, shutdown):
+            for task in (receiver, shutdown, failed, decoder):
                 task.cancel()
-            await asyncio.gather(receiver, shutdown, return_exceptions=True)
-            feedback.cancel()
-            decoder.cancel()
-            await asyncio.gather(feedback, decoder, return_exceptions=True)
+            await asyncio.gather(receiver, shutdown, failed, decoder, return_exceptions=True)
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
 
-    async def _handshake(self) -> p.Hello:
-        try:
-            message = await asyncio.wait_for(self.ws.recv(), self.config.hello_timeout_s)
-        except TimeoutError:
-            raise RemoteProtocolError(
-                f"no hello within {self.config.hello_timeout_s:g} s",
-                code=p.ErrorCode.UNEXPECTED_MESSAGE,
-                close_code=1002,
-            ) from None
-        self._proto.receive_message(message)
-        events = self._proto.events_received()
-        if len(events) != 1 or not isinstance(events[0], p.Hello):
-            raise RemoteProtocolError(
-                "the first message must be a hello", code=p.ErrorCode.UNEXPECTED_MESSAGE
-            )
-        hello = events[0]
-        self._check_token(hello)
-        try:
-            self._decoder = RecoveringDecoder(
-                hello.codec, make_decoder_factory(hello.codec, self.config.decoder)
-            )
-        except ShelfStreamError as exc:
-            raise RemoteProtocolError(
-                f"codec {hello.codec} cannot be decoded here: {exc}",
-                code=p.ErrorCode.UNSUPPORTED_CODEC,
-                close_code=p.ErrorCode.UNSUPPORTED_CODEC.close_code,
-            ) from exc
+    def _spawn(self, coroutine: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        return asyncio.create_task(coroutine, name=f"{name}-{self.id}")
+
+    async def _start(self, hello: p.Hello) -> None:
+        config = self.config
+        self._ledger = StreamLedger(
+            self.id,
+            hello,
+            LedgerConfig(
+                feedback_interval_s=config.feedback_interval_ms / 1000,
+                keyframe_request_interval_s=config.keyframe_request_interval_ms / 1000,
+                max_size_mismatches=config.max_size_mismatches,
+            ),
+        )
+        self._budget = self._ledger.budget
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-{self.id}")
         self.scheduler.register(self.id, self._on_inferred)
         ready = p.Ready(
             session=str(self.id),
             model=self.detector.model_name,
             class_names=self.detector.class_names,
-            max_message_bytes=self.config.limits.max_message_bytes,
-            max_width=self.config.limits.max_width,
-            max_height=self.config.limits.max_height,
-            max_fps=self.config.limits.max_fps,
+            max_message_bytes=config.limits.max_message_bytes,
+            max_width=config.limits.max_width,
+            max_height=config.limits.max_height,
+            max_fps=config.limits.max_fps,
         )
         await self.ws.send(self._proto.send(ready))
-        return hello
+        log.info(
+            "stream %d from %s: %s %dx%d @ %.3g fps (%s)",
+            self.id, self.peer, hello.codec, hello.width, hello.height, hello.fps,
+            hello.client or "unknown client",
+        )  # fmt: skip
 
     def _check_token(self, hello: p.Hello) -> None:
         expected = self.config.token
@@ -243,10 +296,22 @@ class Session:
                 close_code=p.ErrorCode.UNAUTHORIZED.close_code,
             )
 
+    # ------------------------------------------------------------------ receiving
+
     async def _receive_loop(self) -> bool:
         """Read until Bye (True) or the connection closes (False)."""
-        async for message in self.ws:
-            if not self._message_rate.allow(self._clock()):
+        ledger = self._require_ledger()
+        while True:
+            await self._outbox.room()  # the writer is behind: stop reading for now
+            # recv() does not suspend while messages are queued: without this, a burst on
+            # one connection would hold the event loop from every other stream.
+            await asyncio.sleep(0)
+            try:
+                message, arrived_at = await self.ws.recv_stamped()
+            except ConnectionClosedOK:
+                return False
+            # Counted by arrival: a server slow to get here lets no more through.
+            if not self._message_rate.allow(arrived_at):
                 raise RemoteProtocolError(
                     f"more than {self.config.max_messages_per_s:g} messages per second",
                     code=p.ErrorCode.LIMIT_EXCEEDED,
@@ -255,249 +320,192 @@ class Session:
             self._proto.receive_message(message)
             for event in self._proto.events_received():
                 if isinstance(event, p.Video):
-                    await self._accept_video(event)
+                    await self._decode_inbox.room()  # the decoder is behind: TCP pushes back
+                    self.metrics.frames_in.inc()
+                    self.metrics.bytes_in.inc(len(event.data))
+                    ledger.on_video(event, self._clock())
                 elif isinstance(event, p.Probe):
-                    self._answer_probe(event, len(message))
+                    ledger.on_probe(event, len(message), self._clock())
                 elif isinstance(event, p.Bye):
                     return True
                 elif isinstance(event, p.Error):
-                    log.warning("stream %d: client reported error: %s", self.id, event.message)
+                    self._warn_once(
+                        "client_error", "stream %d: client reported error: %s", self.id,
+                        event.message,
+                    )  # fmt: skip
                     return False
-        return False
+                self._pump()
 
-    async def _accept_video(self, video: p.Video) -> None:
-        if video.pts in self._unanswered:
-            raise RemoteProtocolError(
-                f"pts {video.pts} was sent twice; every frame needs its own pts"
-            )
-        self.stats.frames_in += 1
-        self.stats.bytes_in += len(video.data)
-        self.metrics.frames_in.inc()
-        self.metrics.bytes_in.inc(len(video.data))
-        self._unanswered[video.pts] = video.capture_us
-        self._arrivals.append((video.seq, _us(self._clock())))
-        if len(self._arrivals) >= p.MAX_FEEDBACK_ENTRIES:
-            self._send_feedback()
-        # Blocks while the decoder is behind: TCP then slows the client down instead
-        # of us dropping compressed data.
-        await self._decode_queue.put(_Arrival(video, self._clock()))
+    # ---------------------------------------------------------- the ledger's actions
 
-    def _answer_probe(self, probe: p.Probe, size: int) -> None:
-        """Echo a probe at once, with its arrival on our clock (the client's probe uses
-        the spread of arrivals in a burst, never our absolute time)."""
-        self._post(p.ProbeAck(probe.probe_id, probe.send_us, _us(self._clock()), size))
+    def _require_ledger(self) -> StreamLedger:
+        assert self._ledger is not None, "the stream has not started"
+        return self._ledger
 
-    async def _feedback_loop(self) -> None:
-        """Report arrival times of video messages for the client's rate controller."""
-        interval_s = self.config.feedback_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval_s)
-            self._send_feedback()
-
-    def _send_feedback(self) -> None:
-        if self._arrivals:
-            arrivals, self._arrivals = tuple(self._arrivals), []
-            self._post(p.Feedback(arrivals))
-
-    async def _drain(self, decoder: asyncio.Task[None]) -> None:
-        """After Bye: decode what is queued, wait for inference, answer every pts."""
-        await self._decode_queue.put(None)
-        await asyncio.wait_for(asyncio.shield(decoder), self.config.drain_timeout_s)
-        await asyncio.wait_for(
-            self.scheduler.wait_stream_idle(self.id), self.config.drain_timeout_s
-        )
-        for pts in list(self._unanswered):
-            self._answer_dropped(pts, p.DropReason.NO_FRAME)
-        await self._outbox.put(None)
-        await self._wait_outbox_sent()
-
-    async def _wait_outbox_sent(self) -> None:
-        await asyncio.wait_for(self._outbox_done.wait(), self.config.drain_timeout_s)
-
-    async def _fail(self, code: p.ErrorCode, message: str, close_code: int) -> None:
+    def _pump(self) -> None:
+        """Carry out what the ledger asked for, in order."""
+        if self._pumping:
+            return  # a scheduler callback during an Infer: the outer loop takes it
+        ledger = self._require_ledger()
+        self._pumping = True
         try:
-            await self.ws.send(p.encode_event(p.Error(code, message)))
-        except ConnectionClosed:
+            while (action := ledger.next_action()) is not None:
+                if isinstance(action, Decode):
+                    self._decode_inbox.put(action)
+                elif isinstance(action, Infer):
+                    self.scheduler.offer(action.frame)
+                elif isinstance(action, Send):
+                    self._post(action.message)
+                elif isinstance(action, Warn):
+                    self._warn_once(
+                        action.cause.value, "stream %d from %s: %s", self.id, self.peer,
+                        action.message,
+                    )  # fmt: skip
+        finally:
+            self._pumping = False
+        self._arm_timer()
+
+    def _post(self, message: Message) -> None:
+        if isinstance(message, p.Dropped):
+            self.metrics.frames_dropped.labels(message.reason.name.lower()).inc()
+            if message.reason is p.DropReason.DECODE_ERROR:
+                self.metrics.decoder_errors.inc()
+        elif isinstance(message, p.KeyframeRequest):
+            self.metrics.keyframe_requests.inc()
+            log.info(
+                "stream %d: asking the client for a keyframe (%s)",
+                self.id, message.reason.name.lower(),
+            )  # fmt: skip
+        self._outbox.put(message)
+
+    def _arm_timer(self) -> None:
+        due = self._require_ledger().get_timer()
+        if due == self._timer_due:
             return
-        await self._close(close_code, message[:120])
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_due = due
+        if due is not None:
+            delay = max(0.0, due - self._clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
-    async def _close(self, code: int, reason: str) -> None:
-        """Close, waiting at most ``close_timeout_s`` for the peer's close frame.
+    def _on_timer(self) -> None:
+        self._timer, self._timer_due = None, None
+        self._feed(partial(self._require_ledger().on_timer, self._clock()))
 
-        A peer that still has messages queued (or stopped reading) cannot complete the
-        closing handshake while websockets has paused reading (max_queue); waiting for
-        websockets' own 10 s timeout would hold this stream's slot, so drop it instead.
-        """
+    def _on_inferred(self, done: InferenceDone) -> None:
+        """Scheduler callback (event loop): a frame of ours left the scheduler."""
+        self._feed(partial(self._require_ledger().on_inferred, done))
+
+    def _feed(self, step: Callable[[], None]) -> None:
+        """Give the ledger one input outside the receive loop; a fatal one ends the stream."""
+        if self._failure is not None:
+            return  # the stream is ending with an Error; nothing more is owed
         try:
-            await asyncio.wait_for(self.ws.close(code, reason), self.config.close_timeout_s)
-        except TimeoutError:
-            self.ws.transport.abort()
-
-    async def _release(self) -> None:
-        """Free everything this stream holds, whatever way it ended."""
-        # A frame still waiting can no longer be answered (or was drained already).
-        self.scheduler.unregister(self.id)
-        decoder, executor = self._decoder, self._executor
-        self._decoder = self._executor = None
-        if executor is not None:
-            loop = asyncio.get_running_loop()
-            if decoder is not None:
-                await loop.run_in_executor(executor, decoder.close)
-            await loop.run_in_executor(None, executor.shutdown, True)
-        log.info(
-            "stream %d closed: %d frames in (%.1f kB), %d results, %d dropped, %d decode errors",
-            self.id, self.stats.frames_in, self.stats.bytes_in / 1000, self.stats.results,
-            self.stats.dropped, self.stats.decode_errors,
-        )  # fmt: skip
+            step()
+        except RemoteProtocolError as error:
+            self._failure = error
+            self._failed.set()
+        self._pump()
 
     # -------------------------------------------------------------------- decoding
 
     async def _decode_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while (arrival := await self._decode_queue.get()) is not None:
-            try:
-                decoded = await loop.run_in_executor(
-                    self._executor, self._decode_one, arrival.video
-                )
-            except Exception:
-                # A bug or an unforeseen library error must cost this frame, not the stream.
-                log.exception("stream %d: decoding pts %d failed", self.id, arrival.video.pts)
-                decoded = _Decoded(DecodeResult((), "decode_error", True), [], self._clock())
-            self._after_decode(arrival, decoded)
+        ledger = self._require_ledger()
+        while (work := await self._decode_inbox.get()) is not None:
+            self._decoder_thread_started = True
+            decoded = await loop.run_in_executor(self._executor, self._decode_one, work)
+            self._feed(partial(ledger.on_decoded, decoded))
+        if not self._decoder_thread_started:
+            return  # nothing was ever decoded: nothing to flush
         flushed = await loop.run_in_executor(self._executor, self._flush)
         if flushed is not None:
-            self._after_decode(None, flushed)
+            self._feed(partial(ledger.on_decoded, flushed))
 
-    def _decode_one(self, video: p.Video) -> _Decoded:
+    def _decode_one(self, work: Decode) -> Decoded:
         """Decoder thread: decode one access unit and letterbox what comes out."""
-        assert self._decoder is not None
-        result = self._decoder.decode(video.data, pts=video.pts, seq=video.seq)
-        return self._prepare(result)
+        video = work.video
+        try:
+            if work.fresh_decoder or self._decoder is None:
+                self._new_decoder()
+            assert self._decoder is not None
+            result = self._decoder.decode(video.data, pts=video.pts, seq=video.seq)
+            return self._decoded(video.pts, result)
+        except Exception:
+            # A bug or an unforeseen library error must cost this frame, not the stream.
+            log.exception("stream %d: decoding pts %d failed", self.id, video.pts)
+            return Decoded(video.pts, DecodeDrop.DECODE_ERROR, True, (), self._clock())
 
-    def _flush(self) -> _Decoded | None:
-        assert self._decoder is not None
+    def _new_decoder(self) -> None:
+        """Decoder thread: a fresh decoder (the first, or after refused access units)."""
+        assert self._make_decoder is not None
+        if self._decoder is not None:
+            self._decoder.close()
+        self._decoder = RecoveringDecoder(
+            self._require_ledger().codec, self._make_decoder, label=f"stream {self.id}"
+        )
+
+    def _flush(self) -> Decoded | None:
+        if self._decoder is None:
+            return None
         frames = self._decoder.flush()
         if not frames:
             return None
-        return self._prepare(DecodeResult(tuple(frames), None, False))
+        return self._decoded(None, DecodeResult(tuple(frames), None, False))
 
-    def _prepare(self, result: DecodeResult) -> _Decoded:
-        prepared = [(_frame_pts(frame), self.detector.prepare(frame)) for frame in result.frames]
-        return _Decoded(result, prepared, self._clock())
+    def _decoded(self, pts: int | None, result: DecodeResult) -> Decoded:
+        pictures = tuple(self._picture(frame) for frame in result.frames)
+        return Decoded(pts, result.dropped_reason, result.request_keyframe, pictures, self._clock())
 
-    def _after_decode(self, arrival: _Arrival | None, decoded: _Decoded) -> None:
-        result = decoded.result
-        if arrival is not None:
-            pts = arrival.video.pts
-            if result.dropped_reason is not None:
-                if result.dropped_reason == "decode_error":
-                    self.stats.decode_errors += 1
-                    self.metrics.decoder_errors.inc()
-                self._answer_dropped(
-                    pts, _DROP_REASONS.get(result.dropped_reason, p.DropReason.INVALID)
-                )
-            else:
-                self._decoder_pending.append(pts)
-            if result.request_keyframe:
-                self._request_keyframe(result.dropped_reason or "decode_error")
-        received_at = arrival.received_at if arrival is not None else decoded.decoded_at
-        for pts, prepared in decoded.prepared:
-            self._settle_decoder_pending(pts)
-            if pts not in self._unanswered:
-                continue  # a decoder-invented pts: nobody asked for it
-            frame = PendingFrame(
-                stream_id=self.id,
-                pts=pts,
-                capture_us=self._unanswered[pts],
-                received_at=received_at,
-                decoded_at=decoded.decoded_at,
-                prepared=prepared,
-            )
-            replaced = self.scheduler.offer(frame)
-            if replaced is not None:
-                self._answer_dropped(replaced.pts, p.DropReason.SUPERSEDED)
-
-    def _settle_decoder_pending(self, pts: int) -> None:
-        """Frames come out in order: earlier pts still waiting for a picture got none."""
-        while self._decoder_pending and self._decoder_pending[0] != pts:
-            missing = self._decoder_pending.popleft()
-            if missing in self._unanswered and missing < pts:
-                self._answer_dropped(missing, p.DropReason.NO_FRAME)
-            elif missing > pts:
-                self._decoder_pending.appendleft(missing)
-                return
-        if self._decoder_pending and self._decoder_pending[0] == pts:
-            self._decoder_pending.popleft()
-
-    def _request_keyframe(self, reason: str) -> None:
-        now = self._clock()
-        if now - self._last_keyframe_request < self.config.keyframe_request_interval_ms / 1000:
-            return
-        self._last_keyframe_request = now
-        self.metrics.keyframe_requests.inc()
-        kind = _KEYFRAME_REASONS.get(reason, p.KeyframeReason.DECODE_ERROR)
-        log.info("stream %d: asking the client for a keyframe (%s)", self.id, kind.name.lower())
-        self._post(p.KeyframeRequest(kind))
+    def _picture(self, frame: av.VideoFrame) -> Picture:
+        """Decoder thread: letterbox the picture, unless it is larger than announced."""
+        assert self._budget is not None
+        width, height = frame.width, frame.height
+        admitted = self._budget.admits(width, height)
+        prepared = self.detector.prepare(frame) if admitted else None
+        return Picture(_frame_pts(frame), width, height, prepared)
 
     # ------------------------------------------------------------------- answering
 
-    def _on_inferred(
-        self,
-        frame: PendingFrame,
-        detections: Detections | None,
-        started: float,
-        finished: float,
-        reason: str | None,
-    ) -> None:
-        if frame.pts not in self._unanswered:
-            return
-        if detections is None:
-            self._answer_dropped(frame.pts, _DROP_REASONS.get(reason or "", p.DropReason.SHUTDOWN))
-            return
-        capture_us = self._unanswered.pop(frame.pts)
-        self.stats.results += 1
-        boxes = tuple(
-            p.Detection(int(class_id), float(score), x1, y1, x2, y2)
-            for (x1, y1, x2, y2), score, class_id in zip(
-                detections.boxes.tolist(),
-                detections.scores.tolist(),
-                detections.class_ids.tolist(),
-                strict=True,
-            )
-        )
-        self._post(
-            _PendingResult(
-                frame.pts,
-                capture_us,
-                decode_us=_us(frame.decoded_at - frame.received_at),
-                queue_us=_us(started - frame.decoded_at),
-                infer_us=_us(finished - started),
-                received_at=frame.received_at,
-                ready_at=finished,
-                detections=boxes,
-            )
-        )
-
-    def _answer_dropped(self, pts: int, reason: p.DropReason) -> None:
-        capture_us = self._unanswered.pop(pts, None)
-        if capture_us is None:
-            return
-        self.stats.dropped += 1
-        self.metrics.frames_dropped.labels(reason.name.lower()).inc()
-        self._post(p.Dropped(pts, capture_us, reason))
-
-    def _post(self, event: p.Event | _PendingResult) -> None:
+    async def _write_loop(self) -> None:
         try:
-            self._outbox.put_nowait(event)
-        except asyncio.QueueFull:
-            # Answers are bounded by the frames in flight, so a full outbox means the
-            # client stopped reading while it keeps sending: cut it off.
-            log.warning("stream %d: client is not reading its results; closing", self.id)
-            asyncio.get_running_loop().create_task(
-                self._fail(p.ErrorCode.LIMIT_EXCEEDED, "client is not reading results", 1008)
-            )
+            while (item := await self._outbox.get()) is not None:
+                message = self._finish_result(item) if isinstance(item, ResultReady) else item
+                data = self._proto.send(message)
+                self._arm_watchdog()
+                try:
+                    await self.ws.send(data)
+                finally:
+                    if self._watchdog is not None:
+                        self._watchdog.cancel()
+                        self._watchdog = None
+        finally:
+            self._outbox_done.set()
+            self._outbox.discard()  # never leave the receive loop waiting for room
 
-    def _finish_result(self, pending: _PendingResult) -> p.Result:
+    def _arm_watchdog(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(self.config.stalled_reader_timeout_s, self._check_reader)
+
+    def _check_reader(self) -> None:
+        """A send has waited ``stalled_reader_timeout_s``: cut off a client whose
+        receive window is closed; a slow server (the buffer is not full) waits on."""
+        if not self.ws.writing_paused:
+            self._arm_watchdog()
+            return
+        self._watchdog = None
+        self._warn_once(
+            "not_reading",
+            "stream %d from %s: the client has not read its results for %g s (its receive "
+            "window is closed); closing",
+            self.id, self.peer, self.config.stalled_reader_timeout_s,
+        )  # fmt: skip
+        self.metrics.connections_refused.labels("not_reading").inc()
+        self.ws.transport.abort()  # an Error could not get through a closed window either
+
+    def _finish_result(self, pending: ResultReady) -> p.Result:
         now = self._clock()
         result = pending.finish(now)
         self.metrics.frames_processed.inc()
@@ -510,50 +518,106 @@ class Session:
         )
         return result
 
-    async def _write_loop(self) -> None:
-        try:
-            while (item := await self._outbox.get()) is not None:
-                if isinstance(item, _PendingResult):
-                    item = self._finish_result(item)
-                await self.ws.send(self._proto.send(item))
-        finally:
-            self._outbox_done.set()
-
-
-@dataclass(slots=True)
-class _PendingResult:
-    """A result waiting in the outbox; its total time is stamped when it is sent."""
-
-    pts: int
-    capture_us: int
-    decode_us: int
-    queue_us: int
-    infer_us: int
-    received_at: float
-    ready_at: float  # when inference finished: the send stage starts here
-    detections: tuple[p.Detection, ...]
-
-    def finish(self, now: float) -> p.Result:
-        return p.Result(
-            self.pts,
-            self.capture_us,
-            self.decode_us,
-            self.queue_us,
-            self.infer_us,
-            _us(now - self.received_at),
-            self.detections,
+    async def _drain(self, decoder: asyncio.Task[None]) -> None:
+        """After Bye: decode what is queued, wait for inference, answer every pts."""
+        self._decode_inbox.put(None)
+        await asyncio.wait_for(asyncio.shield(decoder), self.config.drain_timeout_s)
+        await asyncio.wait_for(
+            self.scheduler.wait_stream_idle(self.id), self.config.drain_timeout_s
         )
+        if self._failure is not None:
+            raise self._failure
+        self._require_ledger().on_end()
+        self._pump()
+        self._outbox.put(None)
+        await asyncio.wait_for(self._outbox_done.wait(), self.config.drain_timeout_s)
 
+    async def _refuse_stream(self, error: RemoteProtocolError) -> None:
+        """A fatal message while streaming: the answers owed so far, then the Error."""
+        self._pump()  # what the ledger queued before it raised
+        code = p.ErrorCode(error.code)
+        self._warn_once(code.name, "stream %d from %s: %s; closing", self.id, self.peer, error)
+        self.metrics.connections_refused.labels(code.name.lower()).inc()
+        if not self._outbox_done.is_set():
+            self._outbox.put(p.Error(code, str(error)))
+            self._outbox.put(None)
+            try:
+                await asyncio.wait_for(self._outbox_done.wait(), self.config.close_timeout_s)
+            except TimeoutError:
+                self.ws.transport.abort()
+                return
+        await self._close(error.close_code, str(error)[:120])
 
-def _us(seconds: float) -> int:
-    return max(0, round(seconds * 1_000_000))
+    async def _fail(self, code: p.ErrorCode, message: str, close_code: int) -> None:
+        try:
+            await self.ws.send(p.encode_event(p.Error(code, message)))
+        except ConnectionClosed:
+            return
+        await self._close(close_code, message[:120])
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Close, waiting at most ``close_timeout_s`` for the peer's close frame.
+
+        Messages the peer sent before it saw our close are read and dropped meanwhile:
+        left queued, they would keep websockets from reading (max_queue), so the peer's
+        close frame or EOF would never be seen. A peer that stopped reading cannot
+        complete the handshake: after ``close_timeout_s`` the connection is dropped
+        rather than held for websockets' own 10 s.
+        """
+        discard = asyncio.create_task(self._discard_incoming(), name=f"discard-{self.id}")
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), self.config.close_timeout_s)
+        except TimeoutError:
+            self.ws.transport.abort()
+        finally:
+            discard.cancel()
+            await asyncio.gather(discard, return_exceptions=True)
+
+    async def _discard_incoming(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.ws.recv_stamped()
+
+    async def _release(self) -> None:
+        """Free everything this stream holds, whatever way it ended."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # A frame still waiting can no longer be answered (or was drained already).
+        self.scheduler.unregister(self.id)
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            loop = asyncio.get_running_loop()
+            if self._decoder_thread_started:  # else no thread: nothing to close on it
+                await loop.run_in_executor(executor, self._close_decoder)
+            await loop.run_in_executor(None, executor.shutdown, True)
+        if self._ledger is not None:
+            stats = self._ledger.stats
+            log.info(
+                "stream %d closed: %d frames in (%.1f kB), %d results, %d dropped, "
+                "%d decode errors",
+                self.id, stats.frames_in, stats.bytes_in / 1000, stats.results,
+                stats.dropped, stats.decode_errors,
+            )  # fmt: skip
+
+    def _close_decoder(self) -> None:
+        """Decoder thread: the decoder goes with its thread."""
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+
+    def _warn_once(self, cause: str, message: str, *args: object) -> None:
+        """A warning a user can act on, said once per stream and cause."""
+        if cause not in self._warned:
+            self._warned.add(cause)
+            log.warning(message, *args)
 
 
 def _frame_pts(frame: av.VideoFrame) -> int:
     return int(frame.pts) if frame.pts is not None else -1
 
 
-def _peer_name(websocket: WebSocket) -> tuple[str, str]:
+def _peer_name(websocket: StampedConnection) -> tuple[str, str]:
     """("host:port", "host") of the peer, for logs and per-address limits."""
     try:
         host, port = websocket.remote_address[:2]

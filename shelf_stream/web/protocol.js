@@ -52,6 +52,7 @@ export const DropReason = Object.freeze({
   7: "invalid",
   8: "no_frame",
   9: "inference_error",
+  10: "size_mismatch",
 });
 
 export const KeyframeReason = Object.freeze({

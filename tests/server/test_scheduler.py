@@ -7,8 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
+from shelf_stream import protocol as p
 from shelf_stream.engine.base import Detections, Detector, PreparedImage
 from shelf_stream.server.scheduler import (
+    InferenceDone,
     InferenceScheduler,
     PendingFrame,
     SchedulerConfig,
@@ -91,33 +93,56 @@ class _CountingDetector(Detector):
 
 
 def test_scheduler_answers_every_offered_frame_once() -> None:
-    """Through the real runner: each frame ends inferred or superseded, never both."""
+    """Through the real runner: each frame leaves once, inferred or superseded."""
 
-    async def run() -> tuple[list[tuple[int, str | None]], list[int]]:
+    async def run() -> list[tuple[int, object]]:
         detector = _CountingDetector()
         scheduler = InferenceScheduler(detector, SchedulerConfig(max_batch_size=2))
-        done: list[tuple[int, str | None]] = []
-        superseded: list[int] = []
-        scheduler.register(1, lambda f, d, s, e, reason: done.append((f.pts, reason)))
-        scheduler.register(2, lambda f, d, s, e, reason: done.append((f.pts + 1, reason)))
+        done: list[tuple[int, object]] = []
+
+        def on_done(leaving: InferenceDone) -> None:
+            outcome = leaving.outcome
+            pts = leaving.frame.pts + (leaving.frame.stream_id == 2)
+            done.append((pts, outcome if isinstance(outcome, p.DropReason) else "inferred"))
+
+        scheduler.register(1, on_done)
+        scheduler.register(2, on_done)
         scheduler.start()
         loop = asyncio.get_running_loop()
         for pts in range(0, 20, 2):
             for stream in (1, 2):
                 now = loop.time()
-                old = scheduler.offer(frame(stream, pts, received=now, decoded=now))
-                if old is not None:
-                    superseded.append(old.pts + (stream == 2))
+                scheduler.offer(frame(stream, pts, received=now, decoded=now))
             await asyncio.sleep(0)
         await scheduler.wait_stream_idle(1)
         await scheduler.wait_stream_idle(2)
         await scheduler.close()
-        return done, superseded
+        return done
 
-    done, superseded = asyncio.run(run())
-    answered = [pts for pts, _ in done] + superseded
-    assert sorted(answered) == sorted(list(range(0, 20, 2)) + list(range(1, 21, 2)))
-    assert all(reason is None for _, reason in done)
+    done = asyncio.run(run())
+    assert sorted(pts for pts, _ in done) == sorted([*range(0, 20, 2), *range(1, 21, 2)])
+    assert {outcome for _, outcome in done} <= {"inferred", p.DropReason.SUPERSEDED}
+    assert any(outcome == "inferred" for _, outcome in done)
+
+
+def test_an_inference_failure_drops_its_batch_with_the_wire_reason() -> None:
+    class _Failing(_CountingDetector):
+        def infer(self, batch: object) -> list[Detections]:
+            raise RuntimeError("the model broke")
+
+    async def run() -> list[InferenceDone]:
+        scheduler = InferenceScheduler(_Failing(), SchedulerConfig())
+        done: list[InferenceDone] = []
+        scheduler.register(1, done.append)
+        scheduler.start()
+        now = asyncio.get_running_loop().time()
+        scheduler.offer(frame(1, 0, received=now, decoded=now))
+        await scheduler.wait_stream_idle(1)
+        await scheduler.close()
+        return done
+
+    (done,) = asyncio.run(run())
+    assert done.outcome is p.DropReason.INFERENCE_ERROR
 
 
 # ------------------------------------------------------------------ fairness

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from shelf_stream import protocol as p
+from shelf_stream.bench.fuzz_geometry import resize_sps
 from shelf_stream.codec import EncoderConfig, get_encoder
+from shelf_stream.codec.recovery import RecoveringDecoder
 from shelf_stream.engine import EngineConfig, create_detector
 from shelf_stream.engine.base import Detector
 from shelf_stream.server import Server, ServerConfig
@@ -185,3 +188,93 @@ def test_a_broken_client_does_not_disturb_a_healthy_stream(detector: Detector) -
     assert not [
         a for a in answers if isinstance(a, p.Dropped) and a.reason != p.DropReason.SUPERSEDED
     ]
+
+
+async def _stream_and_collect(
+    port: int, hello: p.Hello, units: list[tuple[int, bool, bytes]]
+) -> tuple[list[p.Event], int | None]:
+    """Say ``hello``, send every unit (as far as the server lets us) and Bye, then read
+    every answer until the server closes."""
+    ws = await _connect(port)
+    proto = p.ClientConnection()
+    await ws.send(proto.send(hello))
+    proto.receive_message(await ws.recv())
+    assert isinstance(proto.events_received()[0], p.Ready)
+    with contextlib.suppress(ConnectionClosed):
+        for seq, (pts, key, data) in enumerate(units):
+            await ws.send(proto.send(p.Video(seq, pts, seq, key, data)))
+        await ws.send(proto.send(p.Bye()))
+    events: list[p.Event] = []
+    with contextlib.suppress(ConnectionClosed):  # an Error's close is not a normal one
+        async for event in _answers(ws, proto):
+            events.append(event)
+    return events, ws.close_code
+
+
+def test_pictures_larger_than_the_hello_are_dropped_then_refused(detector: Detector) -> None:
+    """A hello of 64x64, then real 320x240 access units: each is answered SIZE_MISMATCH
+    before it reaches the decoder, and the fifth ends the stream. Nothing is inferred."""
+    units = encoded_clip(8)
+
+    async def scenario(server: Server) -> tuple[list[p.Event], int | None, int]:
+        events, close_code = await _stream_and_collect(
+            server.port, p.Hello("hevc", 64, 64, FPS), units
+        )
+        return events, close_code, server.scheduler.frames_run
+
+    events, close_code, frames_run = run_with_server(detector, scenario)  # type: ignore[misc]
+    dropped = [e for e in events if isinstance(e, p.Dropped)]
+    assert [d.pts for d in dropped] == [pts for pts, _, _ in units[:5]]
+    assert {d.reason for d in dropped} == {p.DropReason.SIZE_MISMATCH}
+    (error,) = [e for e in events if isinstance(e, p.Error)]
+    assert error.code == p.ErrorCode.LIMIT_EXCEEDED and "64x64" in error.message
+    assert events[-1] == error, "the answers owed come before the error"
+    assert close_code == 1008
+    assert frames_run == 0 and not [e for e in events if isinstance(e, p.Result)]
+
+
+def test_a_forged_huge_sps_never_reaches_the_decoder(
+    detector: Detector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outside attack: 10 KB access units whose SPS says 7680x4320. They are
+    refused on the SPS, before any decoder could allocate a picture."""
+    units = encoded_clip(3)
+    forged = [(pts, key, resize_sps(data, 7680, 4320) if key else data) for pts, key, data in units]
+    decoded: list[int] = []
+    real_decode = RecoveringDecoder.decode
+
+    def recording_decode(self: RecoveringDecoder, data: bytes, *, pts: int, seq: int) -> object:
+        decoded.append(pts)
+        return real_decode(self, data, pts=pts, seq=seq)
+
+    monkeypatch.setattr(RecoveringDecoder, "decode", recording_decode)
+
+    async def scenario(server: Server) -> tuple[list[p.Event], int | None]:
+        return await _stream_and_collect(server.port, p.Hello("hevc", WIDTH, HEIGHT, FPS), forged)
+
+    events, close_code = run_with_server(detector, scenario)  # type: ignore[misc]
+    assert decoded == [], "an access unit of the oversized stream reached the decoder"
+    answers = [e for e in events if isinstance(e, p.Result | p.Dropped)]
+    assert [(a.pts, a.reason) for a in answers] == [  # type: ignore[union-attr]
+        (pts, p.DropReason.SIZE_MISMATCH) for pts, _, _ in units
+    ]
+    assert close_code == 1000
+
+
+def test_a_stream_smaller_than_its_hello_gets_results(detector: Detector) -> None:
+    """The client's quality ladder shrinks pictures in the same stream: that is allowed."""
+    units = encoded_clip(4)
+
+    async def scenario(server: Server) -> tuple[list[p.Event], int | None]:
+        return await _stream_and_collect(server.port, p.Hello("hevc", 640, 480, FPS), units)
+
+    events, close_code = run_with_server(detector, scenario)  # type: ignore[misc]
+    answers = {e.pts: e for e in events if isinstance(e, p.Result | p.Dropped)}  # type: ignore[union-attr]
+    assert sorted(answers) == [pts for pts, _, _ in units]
+    assert any(isinstance(a, p.Result) for a in answers.values())
+    assert not [
+        a
+        for a in answers.values()
+        if isinstance(a, p.Dropped) and a.reason != p.DropReason.SUPERSEDED
+    ]
+    assert close_code == 1000
