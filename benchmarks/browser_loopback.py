@@ -4,7 +4,8 @@
 
 Streams the panning shelf scene (tests/web/scene.py) through Chromium's fake camera (the
 same page and harness as tests/web/test_browser.py), keeps streaming SECONDS (default 30)
-after the first boxes, and prints what the page measured (FPS, kbit/s, latency p50/p95 on its own clock).
+after the first boxes, and prints what the page measured (FPS, kbit/s, latency p50/p95
+on its own clock).
 Needs Debian's chromium (``scripts/test`` installs it).
 """
 

@@ -435,9 +435,11 @@ def _setup_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from shelf_stream.allocator import bound_allocator
+    from shelf_stream import allocator
 
-    bound_allocator()  # before any thread allocates: long streams keep a flat RSS
+    # Before any thread allocates: a long stream keeps a flat RSS (``serve`` applies the
+    # server's own bounds when it starts).
+    allocator.bound_allocator(allocator.CLIENT_ARENAS, allocator.CLIENT_MMAP_THRESHOLD)
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     from shelf_stream.engine.export_cli import run_export

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shelf_stream import protocol as p
+from shelf_stream.allocator import rss_bytes
 from shelf_stream.bench.fuzz import (
     CLIP_FPS,
     CLIP_HEIGHT,
@@ -62,7 +63,6 @@ from shelf_stream.bench.fuzz_geometry import resize_sps
 from shelf_stream.bench.rawws import OP_BINARY, HandshakeRefused, RawWebSocket, Reply, frame
 from shelf_stream.engine.base import Detector
 from shelf_stream.server import Server, ServerConfig
-from shelf_stream.server.memory import rss_bytes
 
 DEFAULT_FRAMES = 60  # healthy frames per run: 4 s at the clip's 15 fps
 ADMISSION_DEADLINE_S = 1.0

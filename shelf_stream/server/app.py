@@ -22,10 +22,10 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
+from shelf_stream import allocator
 from shelf_stream import protocol as p
 from shelf_stream.engine.base import Detector
 from shelf_stream.errors import ConfigError, RemoteProtocolError
-from shelf_stream.server import memory
 from shelf_stream.server.admission import Admission, AdmissionLimits, Refused
 from shelf_stream.server.config import ServerConfig
 from shelf_stream.server.limits import LogThrottle
@@ -110,7 +110,9 @@ class Server:
         return int(next(iter(self._ws_server.sockets)).getsockname()[1])
 
     async def start(self) -> None:
-        memory.bound_allocator(self.config.malloc_arenas, self.config.malloc_mmap_threshold_bytes)
+        allocator.bound_allocator(
+            self.config.malloc_arenas, self.config.malloc_mmap_threshold_bytes
+        )
         self.scheduler.start()
         self._ws_server = await serve(
             self._handle,
@@ -251,18 +253,18 @@ class Server:
 
     def _schedule_trim(self) -> None:
         """After streams close, give their memory back (on a worker thread): at most once
-        per ``memory.TRIM_INTERVAL_S``, and always once after the last close."""
+        per ``allocator.TRIM_INTERVAL_S``, and always once after the last close."""
         self._trim_wanted = True
         if self._trim_timer is None and not self._trimming:
             loop = asyncio.get_running_loop()
-            self._trim_timer = loop.call_later(memory.TRIM_INTERVAL_S, self._start_trim)
+            self._trim_timer = loop.call_later(allocator.TRIM_INTERVAL_S, self._start_trim)
 
     def _start_trim(self) -> None:
         self._trim_timer = None
         self._trim_wanted = False
         self._trimming = True
         loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, memory.trim).add_done_callback(self._trimmed)
+        loop.run_in_executor(None, allocator.trim).add_done_callback(self._trimmed)
 
     def _trimmed(self, _: asyncio.Future[bool]) -> None:
         self._trimming = False

@@ -56,7 +56,7 @@ class ServerConfig:
     max_size_mismatches: int = 5
     stalled_reader_timeout_s: float = 10.0
     # glibc malloc: at most this many arenas, and blocks from this size up in their own
-    # mappings (None: glibc's defaults); see server.memory for the measurement.
+    # mappings (None: glibc's defaults); see shelf_stream.allocator for the measurement.
     malloc_arenas: int | None = 2
     malloc_mmap_threshold_bytes: int | None = 64 * 1024
     drain_timeout_s: float = 5.0
