@@ -48,7 +48,7 @@ DEFAULT_SAMPLE_PERIOD_S = 5.0
 DEFAULT_WARMUP_S = 30.0
 #: Flat enough: RSS grows by less than this between the first and the last minute...
 MAX_RSS_GROWTH_MB = 10.0
-#: ...and the last full window's latency p95 is within this share of the first one's.
+#: ...and the last full window's latency p95 is at most this share above the first one's.
 MAX_P95_CHANGE = 0.10
 #: A window counts as full with at least this share of the median window's frames.
 FULL_WINDOW_SHARE = 0.8
@@ -266,18 +266,24 @@ def read_results(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in lines if line.strip()]
 
 
-def latency_windows(lines: list[dict[str, Any]], window_s: float) -> list[dict[str, Any]]:
-    """Per window of capture time (the pts): frames, results, latency p50 and p95."""
+def latency_windows(
+    lines: list[dict[str, Any]], window_s: float, warmup_s: float = 0.0
+) -> list[dict[str, Any]]:
+    """Per window of capture time (the pts): frames, results, latency p50 and p95. The
+    first ``warmup_s`` (the probe's start, the encoder settling) are a window of their
+    own, marked ``warmup``; the windows proper start after it."""
     buckets: dict[int, list[dict[str, Any]]] = {}
     for line in lines:
-        buckets.setdefault(int(line["time_s"] // window_s), []).append(line)
+        after = line["time_s"] - warmup_s
+        buckets.setdefault(-1 if after < 0 else int(after // window_s), []).append(line)
     series = []
     for index in sorted(buckets):
         bucket = buckets[index]
         latencies = [x["latency_ms"] for x in bucket if not x["dropped"] and x["latency_ms"]]
         series.append(
             {
-                "start_s": round(index * window_s, 1),
+                "start_s": 0.0 if index < 0 else round(warmup_s + index * window_s, 1),
+                "warmup": index < 0,
                 "frames": len(bucket),
                 "results": len(latencies),
                 "p50_ms": _percentile(latencies, 50),
@@ -288,8 +294,9 @@ def latency_windows(lines: list[dict[str, Any]], window_s: float) -> list[dict[s
 
 
 def latency_creep(series: list[dict[str, Any]]) -> dict[str, Any]:
-    """The first and the last full window's p95 (a window the run only began or ended in
-    has fewer frames, and says little)."""
+    """The first and the last full window's p95 after the warm-up (a window the run only
+    began or ended in has fewer frames, and says little)."""
+    series = [w for w in series if not w.get("warmup")]
     if not series:
         return {"full_windows": 0, "p95_first_ms": None, "p95_last_ms": None}
     median = float(np.median([w["frames"] for w in series]))
@@ -363,7 +370,7 @@ def build_report(
         files = _client_files(args, index)
         lines = read_results(files["results"])
         summary = _read_summary(files["summary"])
-        series = latency_windows(lines, args.window)
+        series = latency_windows(lines, args.window, args.warmup)
         report["clients"].append(
             {
                 "name": client.name,
@@ -392,17 +399,17 @@ def verdicts(report: dict[str, Any]) -> dict[str, bool | None]:
         out[f"{name} RSS growth < {MAX_RSS_GROWTH_MB:g} MB"] = (
             None if growth is None else growth < MAX_RSS_GROWTH_MB
         )
-        threads, fds = memory.get("threads"), memory.get("fds")
+        threads, fds = memory.get("threads_growth"), memory.get("fds_growth")
         out[f"{name} threads and fds flat"] = (
-            None
-            if threads is None or fds is None
-            else threads[0] == threads[1] and fds[0] == fds[1]
+            None if threads is None or fds is None else threads <= 0 and fds <= 0
         )
     for client in report["clients"]:
         change = client["latency"].get("p95_change")
         full = client["latency"]["full_windows"]
-        out[f"{client['name']} latency p95 within {MAX_P95_CHANGE:.0%}"] = (
-            None if change is None or full < 2 else abs(change) <= MAX_P95_CHANGE
+        # Creep is the last window slower than the first; on a shared machine a window
+        # can also come out faster, which is no fault (both figures are printed).
+        out[f"{client['name']} latency p95 no creep (last <= first + {MAX_P95_CHANGE:.0%})"] = (
+            None if change is None or full < 2 else change <= MAX_P95_CHANGE
         )
         out[f"{client['name']} every pts once"] = client["exactly_once"]["ok"]
         video = client["video"]
@@ -435,10 +442,14 @@ def format_report(report: dict[str, Any]) -> str:
             f"{_range(memory.get('fds')):>8}"
         )
     for client in report["clients"]:
-        lines.append(f"  {client['name']}: latency per {report['window_s']:g} s of capture time")
+        lines.append(
+            f"  {client['name']}: latency per {report['window_s']:g} s of capture time, after "
+            f"{report['warmup_s']:g} s of warm-up"
+        )
         for w in client["latency_windows"]:
+            start = "warm-up " if w.get("warmup") else f"{w['start_s']:>7g}s"
             lines.append(
-                f"    {w['start_s']:>7g}s  frames {w['frames']:>6}  results {w['results']:>6}  "
+                f"    {start}  frames {w['frames']:>6}  results {w['results']:>6}  "
                 f"p50 {_text(w['p50_ms']):>6} ms  p95 {_text(w['p95_ms']):>6} ms"
             )
         once, video = client["exactly_once"], client["video"]

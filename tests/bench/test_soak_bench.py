@@ -57,6 +57,12 @@ def test_latency_windows_and_creep() -> None:
     creep = latency_creep(series)
     assert (creep["p95_first_ms"], creep["p95_last_ms"]) == (50.0, 60.0)
     assert creep["p95_change"] == pytest.approx(0.2)
+    # A warm-up of its own: the windows proper start after it, and creep ignores it.
+    slow_start = [{**line, "latency_ms": 500.0} if line["time_s"] < 2 else line for line in lines]
+    series = latency_windows(slow_start, window_s=10.0, warmup_s=2.0)
+    assert series[0]["warmup"] and series[0]["frames"] == 20 and series[0]["p95_ms"] == 500.0
+    assert [w["start_s"] for w in series[1:]] == [2.0, 12.0]
+    assert latency_creep(series)["p95_first_ms"] == 60.0, "the 500 ms warm-up is left out"
 
 
 def test_exactly_once_counts_duplicates_and_missing() -> None:
