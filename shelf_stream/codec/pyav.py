@@ -26,6 +26,17 @@ FASTER_PRESETS = {"libx265": "ultrafast", "libx264": "ultrafast"}
 _LOW_LATENCY_OPTIONS = {"zerolatency": "1", "delay": "0", "realtime": "1", "forced-idr": "1"}
 
 _PIX_FMT = "yuv420p"
+#: The same 4:2:0 samples with interleaved chroma: what Quick Sync (``*_qsv``) takes.
+_NV12 = "nv12"
+
+
+def input_format(encoder_name: str) -> str:
+    """The 4:2:0 pixel format the encoder is fed: yuv420p, or nv12 where it takes only that."""
+    try:
+        formats = {f.name for f in av.Codec(encoder_name, "w").video_formats or ()}
+    except ValueError:  # unknown encoder: opening it will say so
+        return _PIX_FMT
+    return _NV12 if formats and _PIX_FMT not in formats and _NV12 in formats else _PIX_FMT
 
 
 def _wrap(exc: Exception, what: str) -> CodecError:
@@ -127,6 +138,7 @@ class PyAVEncoder(Encoder):
         self.encoder_name = encoder_name
         self.last_encode_ms = 0.0
         self._force_keyframe = False
+        self._pix_fmt = input_format(encoder_name)
         try:
             self._ctx: av.VideoCodecContext | None = self._open(config)
         except CodecError as exc:
@@ -140,7 +152,7 @@ class PyAVEncoder(Encoder):
                 raise CodecError(f"{self.encoder_name} is not a video encoder")
             ctx.width = config.width
             ctx.height = config.height
-            ctx.pix_fmt = _PIX_FMT
+            ctx.pix_fmt = self._pix_fmt
             ctx.time_base = TIME_BASE
             ctx.framerate = Fraction(config.fps).limit_denominator(1001)
             ctx.bit_rate = abr_kbps(self.encoder_name, config) * 1000
@@ -155,21 +167,22 @@ class PyAVEncoder(Encoder):
 
     def _prepare(self, frame: av.VideoFrame) -> av.VideoFrame:
         cfg = self.config
-        if frame.format.name == _PIX_FMT and (frame.width, frame.height) == (
+        if frame.format.name == self._pix_fmt and (frame.width, frame.height) == (
             cfg.width,
             cfg.height,
         ):
             return frame
         try:
-            return frame.reformat(width=cfg.width, height=cfg.height, format=_PIX_FMT)
+            return frame.reformat(width=cfg.width, height=cfg.height, format=self._pix_fmt)
         except (av.error.FFmpegError, ValueError) as exc:
-            raise _wrap(exc, "converting the frame to yuv420p") from exc
+            raise _wrap(exc, f"converting the frame to {self._pix_fmt}") from exc
 
     def encode(self, frame: av.VideoFrame, pts: int, *, keyframe: bool = False) -> EncodedFrame:
         """Encode one frame; see ``Encoder.encode``.
 
-        A frame already in yuv420p at the configured size is used as is, and its
-        ``pts``, ``time_base`` and ``pict_type`` are overwritten.
+        A frame already in the encoder's format (yuv420p; nv12 for Quick Sync) at the
+        configured size is used as is, and its ``pts``, ``time_base`` and ``pict_type``
+        are overwritten.
         """
         if self._ctx is None:
             raise CodecError("encoder is closed")
