@@ -16,6 +16,9 @@ from shelf_stream.errors import CodecError, ConfigError
 #: Measured real-time presets. superfast took ~35 % fewer bytes than ultrafast at equal
 #: quality for ~3 ms more per 480p frame (libx265 on a 2-core box: ~9.5 ms at 640x480).
 DEFAULT_PRESETS = {"libx265": "superfast", "libx264": "superfast"}
+#: libx265's worker threads (x265 ``pools``) when ``EncoderConfig.threads`` is 0; 0 here
+#: leaves x265's own default, one per core.
+DEFAULT_X265_THREADS = 0
 #: Where the default cannot keep up: libx265 at 720p here took 20.7 vs 27.7 ms a frame
 #: alone and 34.1 vs 55.7 beside a busy process (``benchmarks/encoder_rate.py``), for about
 #: a third more bytes at equal quality.
@@ -84,6 +87,10 @@ def _x265_options(config: EncoderConfig) -> dict[str, str]:
         # frame-threads=1 with the context's thread count, so pin it here.
         ":frame-threads=1:log-level=error"
     )
+    threads = config.threads or DEFAULT_X265_THREADS
+    if threads > 0:
+        # With one frame thread, x265's parallelism is its worker pool (wavefront rows).
+        params += f":pools={threads}"
     return {
         "preset": config.preset or DEFAULT_PRESETS["libx265"],
         "tune": "zerolatency",
