@@ -191,7 +191,10 @@ def format_ratios(readings: Sequence[Ratio], seed: dict[str, Any]) -> str:
 
 
 def format_monotonicity(checks: Sequence[dict[str, Any]], tolerance: float) -> str:
-    lines = [f"F1 as the bitrate (JPEG: quality) rises: largest fall, {tolerance:g} allowed"]
+    lines = [
+        f"F1 as the bitrate (JPEG: quality) rises: the largest fall ({tolerance:g} allowed), "
+        "what one headline box is worth, and AP50w's largest fall"
+    ]
     for check in checks:
         where = ""
         if check["between_settings"]:
@@ -200,9 +203,11 @@ def format_monotonicity(checks: Sequence[dict[str, Any]], tolerance: float) -> s
             low, high = check["between_settings"]
             where = f" ({unit}{low}{suffix} -> {unit}{high}{suffix})"
         verdict = "ok" if check["ok"] else "FALLS"
+        box = "" if check["one_box"] is None else f"; one box {check['one_box']:.4f}"
         lines.append(
             f"  {_curve_label(check['codec'], check['size']):<22} "
-            f"{check['largest_fall']:.4f}{where} {verdict}"
+            f"{check['largest_fall']:.4f}{where} {verdict}{box}; "
+            f"AP50w {check['ap50w_largest_fall']:.4f}"
         )
     return "\n".join(lines)
 

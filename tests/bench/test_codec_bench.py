@@ -379,6 +379,10 @@ def test_real_footage_at_its_own_size_and_the_models(model_path: Path, tmp_path:
         ("hevc", "640x360"), ("hevc", "416x234"), ("h264", "640x360"), ("h264", "416x234"),
         ("jpeg_zlib", "640x360"),
     ]  # fmt: skip
+    for check in summary["f1_monotonicity"]:
+        assert check["headline_boxes"] == 30
+        assert check["one_box"] == pytest.approx(1 / 59)  # F1 of 29 of 30 found: 58/59
+        assert check["ok"] == (check["largest_fall"] <= 0.01)
 
     assert [Path(p).name for p in summary["outputs"]["plots"]] == [
         "f1_vs_kbps.png", "ssim_vs_kbps.png",
