@@ -15,9 +15,35 @@ from shelf_stream.errors import CodecError, ConfigError
 
 #: Measured real-time presets. superfast took ~35 % fewer bytes than ultrafast at equal
 #: quality for ~3 ms more per 480p frame (libx265 on a 2-core box: ~9.5 ms at 640x480).
+#:
+#: ``shelf-bench codec``'s encoder sweep (``bench/encoder_sweep.py``; the commands are in
+#: ``benchmarks/README.md``, "Codec") on the three real clips at 400 kbit/s, each setting
+#: alone and beside the detector looping in another process (as on loopback), medians of
+#: 5 and of 3 interleaved rounds, 2-core box shared with other jobs (load average 4-8, so
+#: times are inflated: compare within a run):
+#:
+#:   libx265 ms/frame alone / beside, SSIM    ultrafast       superfast       veryfast
+#:   shelf 640x360 30 fps (33.5 ms budget)    6.2-8.6 / 11-29  9.3-13 / 21-43   13-21 / 23-62
+#:                                            SSIM 0.9961      0.9973           0.9976 (+11 % bytes)
+#:   people 768x432 10 fps                    8.8-18 / 16-55   13-28 / 19-126   18-32 / 27-83
+#:                                            0.9908-0.9911    0.9931-0.9935    0.9941-0.9943
+#:   cars 768x432 12.5 fps                    13-16 / 23-60    19-29 / 59-137   16-29 / 26-88
+#:                                            0.9871-0.9873    0.9884           0.9898
+#:   (libx264 superfast: 1.7-3.1 ms alone, 1.9-3.7 beside; SSIM 0.9959 / 0.9929-0.9930 /
+#:   0.9889)
+#:
+#: So superfast stays: +0.0012-0.0026 SSIM over ultrafast at the same target for 1.3-2.0x
+#: the time; veryfast adds at most 0.0014 more (and on the shelf clip spent 11 % more of
+#: the target) for up to 1.9x superfast's time. At 30 fps beside the detector superfast
+#: missed the 33.5 ms budget in the busier run (41-43 ms; veryfast on one thread 62): that
+#: is what the client's own switch to ``FASTER_PRESETS`` is for.
 DEFAULT_PRESETS = {"libx265": "superfast", "libx264": "superfast"}
-#: libx265's worker threads (x265 ``pools``) when ``EncoderConfig.threads`` is 0; 0 here
-#: leaves x265's own default, one per core.
+#: libx265's worker threads (x265 ``pools``) when ``EncoderConfig.threads`` is 0: 0 keeps
+#: x265's own default, one per core. In the same sweep, superfast beside the detector
+#: took 43 / 24, 66 / 19 and 59 / 67 ms a frame with 2 threads (every core here) against
+#: 41 / 21, 126 / 30 and 137 / 68 with 1 (shelf, people, cars; 5-round / 3-round runs):
+#: at most about a tenth slower and up to 2.3x as fast, and the detector's ms per
+#: inference meanwhile showed no consistent difference (22-44 against 28-43).
 DEFAULT_X265_THREADS = 0
 #: Where the default cannot keep up: libx265 at 720p here took 20.7 vs 27.7 ms a frame
 #: alone and 34.1 vs 55.7 beside a busy process (``benchmarks/encoder_rate.py``), for about
