@@ -102,7 +102,9 @@ def _add_stream_options(parser: argparse.ArgumentParser, *, default_duration: fl
     )  # fmt: skip
     group.add_argument("--codec", choices=["hevc", "h264"], default="hevc")
     group.add_argument(
-        "--encoder", help="libavcodec encoder, e.g. hevc_nvenc (default: libx265/libx264)"
+        "--encoder",
+        help="libavcodec encoder, e.g. hevc_nvenc, or auto (the default): the first hardware "
+        "encoder that opens here, else libx265/libx264",
     )
     group.add_argument("--preset", help="encoder preset (default: superfast)")
     group.add_argument(

@@ -1,90 +1,169 @@
 """``shelf-bench codec``: H.265 and H.264 against the seed's JPEG+zlib, on the same frames.
 
 For each input (a video file, or without ``--input`` the built-in moving scene of real
-photographs rendered at ``--size``, 30 fps) the first ``--frames`` frames are scaled to
-``--size`` in yuv420p: these are the *pristine* frames every codec is given. Each
-operating point (H.265 and H.264 at every ``--bitrates`` target, JPEG+zlib at every
-``--jpeg-qualities`` quality) encodes them all with a fresh encoder, decodes them, and
-measures bytes per frame, kbit/s at the clip's frame rate, PSNR (Y) and SSIM of the Y
-plane against the pristine frames, encode and decode ms per frame, and the detection
-agreement: mAP@0.5 of the detector on decoded frames against its own output on the
-pristine frames (see ``detection_metrics``). With several inputs every figure is
-pooled over all their frames.
+photographs at 640x480, 30 fps) the first ``--frames`` frames at the input's own size in
+yuv420p are the *pristine* frames. Each operating point encodes them all with a fresh
+encoder, decodes them and measures bytes per frame, kbit/s at the clip's frame rate, PSNR
+(Y) and SSIM of the Y plane against the pristine frames, encode and decode ms per frame,
+and how much of what the detector saw on the pristine frames it still sees on the decoded
+ones (``detection_metrics``): micro precision, recall and F1 over all boxes at the
+server's score threshold, at IoU 0.5 and 0.75, and AP weighted by ground-truth boxes.
+The detector is given every picture (pristine or decoded) as BGR converted the same
+exact way, the way JPEG+zlib is given the pristine frames (``detector_input``).
+Classes with fewer than ``MIN_HEADLINE_BOXES`` ground-truth boxes are counted apart and
+left out of those figures: a class seen twice says nothing about a codec. With several
+inputs every figure is pooled over all their frames.
 
-The video encoders run with the live stream's settings (``EncoderConfig`` defaults:
-superfast, zero latency, no B-frames, a keyframe every 2 s, VBV capped at the target).
-JPEG+zlib is the seed's recipe (``codec.jpeg_zlib``); it is given the pristine frames
-converted to BGR once (exactly, see ``to_bgr``), outside the timing, as the seed got BGR
-from its camera.
+Operating points: H.265 and H.264 at every ``--bitrates`` target and every ``--size``
+(the input's own size by default; ``model`` is the detector's input size with the aspect
+kept), JPEG+zlib (the seed's recipe, ``codec.jpeg_zlib``) at every ``--jpeg-qualities``
+quality at the input's own size, as the seed sent it. The video encoders are what the
+client uses (``--encoder auto``: a hardware encoder that opens here, else libx265 /
+libx264) with the live stream's settings (the measured preset, zero latency, no
+B-frames, a keyframe every 2 s, VBV capped at the target). Frames encoded at another size
+are scaled there before the timing, as the client scales at capture; their boxes are
+mapped back to the input's pixels, and their PSNR and SSIM are taken after scaling the
+decoded frame back, so every figure compares with the same pristine frames.
 
-Headlines: the bytes of the JPEG+zlib reference point (quality 95, OpenCV's default that
-the seed used) over the bytes H.265 (and H.264) need for the same SSIM, and for the same
-detection agreement, read off each codec's curve by linear interpolation of quality
-against log(kbit/s); and what zlib adds on top of JPEG.
+Ratios: the bytes of JPEG+zlib over the codec's at the same F1 (the seed's own q95 F1,
+and 0.95 / 0.97 / 0.99) and at the same SSIM (the seed's), read off both measured curves
+by interpolation and never extrapolated (``curves``). Beside that, the encoder settings
+sweep (``encoder_sweep``): x265 presets and thread counts, alone and beside the detector.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 import av
 import numpy as np
 
+from shelf_stream.bench import codec_report, curves, encoder_sweep
 from shelf_stream.bench.detection_metrics import (
-    average_precision_per_class,
-    mean_average_precision,
+    MatchCounts,
+    match_counts,
+    total_counts,
+    weighted_average_precision,
 )
 from shelf_stream.bench.report import write_json
-from shelf_stream.codec import EncoderConfig, get_decoder, get_encoder
+from shelf_stream.codec import EncoderConfig, auto_encoder_choice, get_decoder, get_encoder
 from shelf_stream.codec.base import TIME_BASE
 from shelf_stream.codec.metrics import luma, psnr
 from shelf_stream.codec.metrics import ssim as reference_ssim
 from shelf_stream.engine.base import Detections, Detector
 from shelf_stream.errors import CodecError, ConfigError
 
-DEFAULT_SIZE = (640, 480)
 DEFAULT_FRAMES = 90
-DEFAULT_BITRATES_KBPS = (250, 500, 1000, 2000, 4000)
-DEFAULT_JPEG_QUALITIES = (50, 70, 80, 90, 95)
+#: Octaves from where detections start to go (H.265 F1 at 50 kbit/s: 0.997 on the
+#: 640x360 shelf clip, 0.764 on the 768x432 people clip) to where the output stops
+#: growing (the people clip needed only 1.8 Mbit/s of a 3.2 Mbit/s target).
+DEFAULT_BITRATES_KBPS = (50, 100, 200, 400, 800, 1600, 3200)
+DEFAULT_JPEG_QUALITIES = (30, 50, 70, 80, 90, 95)
 #: The seed called ``cv2.imencode('.jpg', frame)`` bare, i.e. at OpenCV's default 95.
 SEED_JPEG_QUALITY = 95
-#: Frame rate of the generated scene (a file uses its own rate).
+#: The generated scene (without ``--input``): its own size and rate.
+SCENE_SIZE = (640, 480)
 SCENE_FPS = 30.0
 DEFAULT_OUT_DIR = Path("bench-out/codec")
-#: Detector on every frame: measured ~20 ms/frame at 640x480 on the 2-core box, so the
-#: default run stays within a few minutes without thinning (see benchmarks/README.md).
+#: Detector on every frame: ~17 ms a frame on the 2-core box.
 DEFAULT_DETECT_EVERY = 1
-#: Ground truth is the pristine detections at the server's score threshold; predictions
-#: are kept down to this low score, as mAP evaluations do, so that a box whose score
-#: slips just under the threshold after compression still counts (ranked by its score)
-#: instead of flipping its class's AP from 1 to 0.
+#: Ground truth is the pristine detections at the server's score threshold, and so are
+#: the predictions that precision, recall and F1 count. For AP, which ranks by score, the
+#: predictions are kept down to this low score, as AP evaluations do, so that a box whose
+#: score slips just under the threshold after compression still counts at its rank.
 DEFAULT_GT_SCORE_THRESHOLD = 0.3
 DEFAULT_PREDICTION_SCORE_THRESHOLD = 0.05
+#: Classes with fewer ground-truth boxes than this are counted apart, out of the headline.
+MIN_HEADLINE_BOXES = 20
+#: F1 values the ratios are read at, beside the seed's own.
+F1_TARGETS = (0.95, 0.97, 0.99)
+#: "F1 never falls by more than this as the bitrate rises" (the bench checks its curves).
+F1_FALL_TOLERANCE = 0.01
 #: Per-frame PSNR of identical planes is infinite; cap it so means and JSON stay finite.
 MAX_PSNR_DB = 100.0
-#: How far (in kbit/s, as a factor beyond the measured end) an equal-quality rate may be
-#: extrapolated along the curve's end segment before we clamp and report a bound instead.
-MAX_EXTRAPOLATION_FACTOR = 2.0
 
 DESCRIPTION = (
-    "Encode the same frames with H.265 and H.264 at several bitrates and with the seed's "
-    "JPEG+zlib at several qualities; report bytes/frame, kbit/s, PSNR-Y, SSIM, encode/decode "
-    "ms and detection agreement (mAP@0.5 of the detector on decoded frames vs on the "
-    "pristine ones), and the bytes ratio JPEG+zlib / H.265 at equal SSIM and at equal "
-    "agreement. Without --input the built-in moving scene of real photos (30 fps) is used."
+    "Encode the same frames with H.265 and H.264 at several bitrates and sizes and with "
+    "the seed's JPEG+zlib at several qualities; report bytes/frame, kbit/s, PSNR-Y, SSIM, "
+    "encode/decode ms and how many of the detector's boxes on the pristine frames survive "
+    "(precision, recall and F1 at the server's threshold, AP weighted by boxes), the bytes "
+    "ratio JPEG+zlib / codec at equal F1 and equal SSIM, and x265 presets and threads "
+    "beside a busy detector. Without --input the built-in moving scene of real photos "
+    "(640x480, 30 fps) is used."
 )
 
 VIDEO_CODEC_NAMES = ("hevc", "h264")
-CODEC_LABELS = {"hevc": "H.265", "h264": "H.264", "jpeg_zlib": "JPEG+zlib"}
+JPEG = codec_report.JPEG
+CODEC_LABELS = codec_report.CODEC_LABELS
+
+
+# ------------------------------------------------------------------------------ sizes
+
+
+class SizeKind(Enum):
+    NATIVE = "native"  # the input's own size
+    MODEL = "model"  # the detector's input size, the input's aspect kept
+    FIXED = "fixed"  # WxH as given
+
+
+@dataclass(frozen=True, slots=True)
+class SizeSpec:
+    """What ``--size`` asked for; ``resolve`` turns it into pixels for one input."""
+
+    kind: SizeKind
+    width_px: int = 0
+    height_px: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.kind is SizeKind.FIXED:
+            return f"{self.width_px}x{self.height_px}"
+        return self.kind.value
+
+    def resolve(self, native: tuple[int, int], model_input: tuple[int, int]) -> tuple[int, int]:
+        if self.kind is SizeKind.NATIVE:
+            return native
+        if self.kind is SizeKind.MODEL:
+            return model_size(native, model_input)
+        return self.width_px, self.height_px
+
+
+NATIVE = SizeSpec(SizeKind.NATIVE)
+
+
+def _even(value: float) -> int:
+    return max(2, 2 * round(value / 2))
+
+
+def model_size(native: tuple[int, int], model_input: tuple[int, int]) -> tuple[int, int]:
+    """The input scaled to fit the detector's input, aspect kept, even sides, never larger
+    than the input (the detector would scale it down to this anyway)."""
+    width, height = native
+    scale = min(1.0, model_input[0] / width, model_input[1] / height)
+    return _even(width * scale), _even(height * scale)
+
+
+def parse_size_spec(text: str) -> SizeSpec:
+    """``native``, ``model`` or ``WxH`` (positive and even, for 4:2:0)."""
+    from shelf_stream.cli import parse_size  # cli imports this module
+
+    lowered = text.lower()
+    if lowered in (SizeKind.NATIVE.value, SizeKind.MODEL.value):
+        return SizeSpec(SizeKind(lowered))
+    width, height = parse_size(text)
+    return SizeSpec(SizeKind.FIXED, width, height)
+
+
+def size_text(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
 
 
 # ------------------------------------------------------------------------------ clips
@@ -92,37 +171,55 @@ CODEC_LABELS = {"hevc": "H.265", "h264": "H.264", "jpeg_zlib": "JPEG+zlib"}
 
 @dataclass(slots=True)
 class Clip:
-    """The pristine frames of one input at the bench size."""
+    """The pristine frames of one input at its own size, and the same at other sizes."""
 
     name: str
     fps: float
-    frames: list[av.VideoFrame]  # yuv420p at the bench size: what the encoders get
+    frames: list[av.VideoFrame]  # yuv420p at the input's size: what the encoders get
     bgr: list[av.VideoFrame] = field(default_factory=list)  # the same, bgr24, for JPEG
+    _scaled: dict[tuple[int, int], list[av.VideoFrame]] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
         return len(self.frames) / self.fps
 
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frames[0].width, self.frames[0].height
 
-def _pristine(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
-    if frame.format.name != "yuv420p" or (frame.width, frame.height) != (width, height):
-        frame = frame.reformat(width=width, height=height, format="yuv420p")
+    def at(self, size: tuple[int, int]) -> list[av.VideoFrame]:
+        """The pristine frames scaled to ``size`` (yuv420p), made once."""
+        if size == self.size:
+            return self.frames
+        if size not in self._scaled:
+            width, height = size
+            self._scaled[size] = [
+                _no_pict_type(f.reformat(width=width, height=height, format="yuv420p"))
+                for f in self.frames
+            ]
+        return self._scaled[size]
+
+
+def _no_pict_type(frame: av.VideoFrame) -> av.VideoFrame:
     frame.pict_type = av.video.frame.PictureType.NONE
     return frame
 
 
-def load_clip(path: Path | None, size: tuple[int, int], max_frames: int) -> Clip:
-    """The first ``max_frames`` frames of ``path`` (or of the generated scene) at ``size``.
+def _pristine(frame: av.VideoFrame) -> av.VideoFrame:
+    # 4:2:0 needs even sides: an odd one loses its last row or column (scaled, not cut).
+    width, height = frame.width - frame.width % 2, frame.height - frame.height % 2
+    if frame.format.name != "yuv420p" or (frame.width, frame.height) != (width, height):
+        frame = frame.reformat(width=width, height=height, format="yuv420p")
+    return _no_pict_type(frame)
 
-    A file is scaled to ``size`` without keeping its aspect ratio: every codec sees the
-    same pixels, which is all the comparison needs.
-    """
+
+def load_clip(path: Path | None, max_frames: int) -> Clip:
+    """The first ``max_frames`` frames of ``path`` (or of the generated scene), own size."""
     from shelf_stream.client.sources import FileSource, FrameSource, SceneSource
 
-    width, height = size
     source: FrameSource
     if path is None:
-        source, name = SceneSource(width, height, SCENE_FPS), "scene (generated)"
+        source, name = SceneSource(*SCENE_SIZE, SCENE_FPS), "scene (generated)"
     else:
         try:
             source, name = FileSource(path), str(path)
@@ -135,7 +232,7 @@ def load_clip(path: Path | None, size: tuple[int, int], max_frames: int) -> Clip
             frame = source.read()
             if frame is None:
                 break
-            frames.append(_pristine(frame, width, height))
+            frames.append(_pristine(frame))
     if not frames:
         raise ConfigError(f"input {name} has no video frames")
     bgr = [to_bgr(frame) for frame in frames]
@@ -222,12 +319,25 @@ def fast_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(ssim_map[5:-5, 5:-5].mean())
 
 
+# ---------------------------------------------------------------- operating points
+
+
+@dataclass(frozen=True, slots=True)
+class PointKey:
+    """One operating point: ``setting`` is kbit/s for the video codecs, JPEG's quality
+    for jpeg_zlib; ``size`` is what ``--size`` asked for (JPEG: always native)."""
+
+    codec: str
+    setting: int
+    size: SizeSpec
+
+
 @dataclass(slots=True)
 class PointStats:
     """Per-frame measurements of one operating point on one clip."""
 
-    codec: str
-    setting: int  # bitrate in kbit/s for the video codecs, JPEG quality for jpeg_zlib
+    key: PointKey
+    size: tuple[int, int]  # the pixels encoded
     seconds: float  # clip duration: frames / fps
     bytes: list[int] = field(default_factory=list)
     encode_ms: list[float] = field(default_factory=list)
@@ -235,65 +345,29 @@ class PointStats:
     psnr_y: list[float] = field(default_factory=list)
     ssim: list[float] = field(default_factory=list)
     ground_truth: list[Detections] = field(default_factory=list)
-    predictions: list[Detections] = field(default_factory=list)
+    predictions: list[Detections] = field(default_factory=list)  # in the input's pixels
 
 
-def _p95(values: Sequence[float]) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), 95))
-
-
-def _class_name(class_id: int, class_names: Sequence[str]) -> str:
-    return class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
-
-
-def summarize_point(parts: Sequence[PointStats], class_names: Sequence[str] = ()) -> dict[str, Any]:
-    """One operating point's figures, pooled over the clips' frames."""
-    first = parts[0]
-    sizes = [b for p in parts for b in p.bytes]
-    seconds = sum(p.seconds for p in parts)
-    truth = [d for p in parts for d in p.ground_truth]
-    predictions = [d for p in parts for d in p.predictions]
-    per_class = average_precision_per_class(truth, predictions)
-    setting_key = "jpeg_quality" if first.codec == "jpeg_zlib" else "bitrate_kbps"
-    return {
-        "codec": first.codec,
-        setting_key: first.setting,
-        "frames": len(sizes),
-        "mean_bytes": float(np.mean(sizes)),
-        "p95_bytes": _p95(sizes),
-        "kbps": sum(sizes) * 8 / seconds / 1000,
-        "psnr_y": float(np.mean([v for p in parts for v in p.psnr_y])),
-        "ssim": float(np.mean([v for p in parts for v in p.ssim])),
-        "encode_ms": float(np.mean([v for p in parts for v in p.encode_ms])),
-        "decode_ms": float(np.mean([v for p in parts for v in p.decode_ms])),
-        "agreement_map50": mean_average_precision(truth, predictions),
-        "agreement_frames": len(predictions),
-        # The mean weighs every class alike: a class seen once can move it by 1/classes.
-        "agreement_ap_per_class": {_class_name(c, class_names): ap for c, ap in per_class.items()},
-    }
-
-
-# ------------------------------------------------------------------ running one point
-
-
-def _encoder_config(codec: str, setting: int, clip: Clip) -> EncoderConfig:
-    width, height = clip.frames[0].width, clip.frames[0].height
-    if codec == "jpeg_zlib":
+def _encoder_config(key: PointKey, size: tuple[int, int], fps: float) -> EncoderConfig:
+    width, height = size
+    if key.codec == JPEG:
         return EncoderConfig(
-            codec=codec, width=width, height=height, fps=clip.fps, jpeg_quality=setting
+            codec=JPEG, width=width, height=height, fps=fps, jpeg_quality=key.setting
         )
     return EncoderConfig(
-        codec=codec, width=width, height=height, fps=clip.fps, bitrate_kbps=setting
+        codec=key.codec, width=width, height=height, fps=fps, bitrate_kbps=key.setting
     )
 
 
-def _encode_all(codec: str, setting: int, clip: Clip) -> tuple[list[bytes], list[float]]:
-    encoder = get_encoder(_encoder_config(codec, setting, clip))
-    inputs = clip.bgr if codec == "jpeg_zlib" else clip.frames
+def _encode_all(
+    key: PointKey, frames: Sequence[av.VideoFrame], fps: float
+) -> tuple[list[bytes], list[float]]:
+    size = (frames[0].width, frames[0].height)
+    encoder = get_encoder(_encoder_config(key, size, fps))
     data, times = [], []
     try:
-        for index, frame in enumerate(inputs):
-            pts = round(index / clip.fps / TIME_BASE)
+        for index, frame in enumerate(frames):
+            pts = round(index / fps / TIME_BASE)
             start = time.perf_counter()
             au = encoder.encode(frame, pts, keyframe=index == 0)
             times.append((time.perf_counter() - start) * 1000.0)
@@ -314,34 +388,52 @@ def _decode_one(decoder: Any, data: bytes, pts: int) -> tuple[av.VideoFrame, flo
     return frames[0], elapsed
 
 
+def scale_boxes(detections: Detections, sx: float, sy: float) -> Detections:
+    """Boxes multiplied by ``sx`` across and ``sy`` down (decoded pixels -> input pixels)."""
+    if sx == 1.0 and sy == 1.0:
+        return detections
+    factors = np.array([sx, sy, sx, sy], dtype=np.float32)
+    return Detections(detections.boxes * factors, detections.scores, detections.class_ids)
+
+
 def run_point(
-    codec: str,
-    setting: int,
+    key: PointKey,
     clip: Clip,
     detector: Detector,
     pristine_detections: dict[int, Detections],
+    size: tuple[int, int],
 ) -> PointStats:
     """Encode, decode and measure every frame of ``clip`` at one operating point.
 
     ``pristine_detections`` maps frame index -> the detector's output on the pristine
-    frame; the detector runs on the decoded frames with the same indices.
+    frame; the detector runs on the decoded frames with the same indices, and its boxes
+    are mapped back to the input's pixels.
     """
-    stats = PointStats(codec=codec, setting=setting, seconds=clip.seconds)
-    data, stats.encode_ms = _encode_all(codec, setting, clip)
-    decoder = get_decoder(codec)
+    stats = PointStats(key=key, size=size, seconds=clip.seconds)
+    inputs = clip.bgr if key.codec == JPEG else clip.at(size)
+    data, stats.encode_ms = _encode_all(key, inputs, clip.fps)
+    native_w, native_h = clip.size
+    sx, sy = native_w / size[0], native_h / size[1]
+    decoder = get_decoder(key.codec)
     try:
         for index, (au, pristine) in enumerate(zip(data, clip.frames, strict=True)):
             decoded, ms = _decode_one(decoder, au, round(index / clip.fps / TIME_BASE))
             stats.decode_ms.append(ms)
             stats.bytes.append(len(au))
-            # JPEG decodes to BGR: its Y is recomputed exactly (see to_bgr), so every
-            # codec is compared on the Y plane of the same pristine frames.
-            original, received = luma(pristine), decoded_luma(decoded)
+            # JPEG decodes to BGR: its Y is recomputed exactly (see to_bgr). A frame sent
+            # at another size is scaled back first, so every point compares with the
+            # same pristine frames.
+            seen = decoded
+            if (decoded.width, decoded.height) != clip.size:
+                seen = decoded.reformat(width=native_w, height=native_h, format="yuv420p")
+            original, received = luma(pristine), decoded_luma(seen)
             stats.psnr_y.append(min(psnr(original, received), MAX_PSNR_DB))
             stats.ssim.append(fast_ssim(original, received))
             if index in pristine_detections:
                 stats.ground_truth.append(pristine_detections[index])
-                stats.predictions.append(detector.detect([decoded])[0])
+                # The detector sees what was sent, through the one colour conversion.
+                found = detector.detect([detector_input(decoded)])[0]
+                stats.predictions.append(scale_boxes(found, sx, sy))
     finally:
         decoder.close()
     return stats
@@ -353,29 +445,138 @@ def above_score(detections: Detections, min_score: float) -> Detections:
     return Detections(detections.boxes[keep], detections.scores[keep], detections.class_ids[keep])
 
 
+def detector_input(frame: av.VideoFrame) -> np.ndarray:
+    """The BGR image the detector is given for ``frame``, converted exactly (``to_bgr``).
+
+    One conversion for every picture, pristine or decoded, video or JPEG: the detector's
+    own (libswscale's) and OpenCV's differ, and near the score threshold that alone
+    flipped boxes (on the people clip, 14 of 193 lost, F1 0.962, with no codec at all),
+    which would have been charged to JPEG, the only codec given BGR.
+    """
+    bgr = frame if frame.format.name == "bgr24" else to_bgr(frame)
+    return bgr.to_ndarray()
+
+
 def detect_pristine(
     clip: Clip, detector: Detector, every: int, min_score: float
 ) -> dict[int, Detections]:
     """The detector's output (scores >= ``min_score``) on every ``every``-th pristine
-    frame: the ground truth."""
+    frame, as JPEG+zlib is given it (``clip.bgr``): the ground truth."""
     return {
-        i: above_score(detector.detect([clip.frames[i]])[0], min_score)
+        i: above_score(detector.detect([detector_input(clip.bgr[i])])[0], min_score)
         for i in range(0, len(clip.frames), every)
     }
 
 
-def ground_truth_counts(
-    per_clip: Sequence[dict[tuple[str, int], PointStats]], class_names: Sequence[str]
-) -> dict[str, int]:
-    """Ground-truth boxes per class over all clips (every point shares the same truth)."""
-    counts: dict[str, int] = {}
-    for stats in per_clip:
-        truth = next(iter(stats.values())).ground_truth
-        for detections in truth:
-            for class_id in detections.class_ids:
-                name = _class_name(int(class_id), class_names)
-                counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+# ------------------------------------------------------------ what a point scores
+
+
+def _p95(values: Sequence[float]) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), 95))
+
+
+def _class_name(class_id: int, class_names: Sequence[str]) -> str:
+    return class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
+
+
+def class_box_counts(truth: Sequence[Detections]) -> dict[int, int]:
+    """Ground-truth boxes per class id, most first."""
+    counts: dict[int, int] = {}
+    for detections in truth:
+        for class_id in detections.class_ids:
+            counts[int(class_id)] = counts.get(int(class_id), 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def headline_classes(box_counts: dict[int, int], min_boxes: int = MIN_HEADLINE_BOXES) -> set[int]:
+    """The classes with at least ``min_boxes`` ground-truth boxes."""
+    return {c for c, n in box_counts.items() if n >= min_boxes}
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """What one point scores against the pristine detections."""
+
+    at_iou50: MatchCounts  # headline classes, predictions at the server's threshold
+    at_iou75: MatchCounts
+    ap50_weighted: float | None  # headline classes, AP weighted by their boxes
+    apart: dict[int, MatchCounts]  # the other classes (IoU 0.5), each on its own
+
+
+def score_agreement(
+    truth: Sequence[Detections],
+    predictions: Sequence[Detections],
+    score_threshold: float,
+    min_boxes: int = MIN_HEADLINE_BOXES,
+) -> Agreement:
+    """Micro counts over the headline classes' boxes, and the rest apart.
+
+    A class is in the headline with at least ``min_boxes`` ground-truth boxes; predictions
+    of any other class (one absent from the ground truth included) are counted apart.
+    """
+    headline = headline_classes(class_box_counts(truth), min_boxes)
+    counts50 = match_counts(truth, predictions, iou_threshold=0.5, min_score=score_threshold)
+    counts75 = match_counts(truth, predictions, iou_threshold=0.75, min_score=score_threshold)
+    return Agreement(
+        at_iou50=total_counts(counts50, headline),
+        at_iou75=total_counts(counts75, headline),
+        ap50_weighted=weighted_average_precision(truth, predictions, headline, 0.5),
+        apart={c: n for c, n in counts50.items() if c not in headline},
+    )
+
+
+def summarize_point(
+    parts: Sequence[PointStats],
+    class_names: Sequence[str] = (),
+    score_threshold: float = DEFAULT_GT_SCORE_THRESHOLD,
+) -> dict[str, Any]:
+    """One operating point's figures, pooled over the clips' frames.
+
+    The ``summary.points[]`` fields (``codec`` ... ``decode_ms``) come first; precision,
+    recall and F1 are at IoU 0.5 over the headline classes, and None where undefined (no
+    ground truth).
+    """
+    first = parts[0]
+    sizes = [b for p in parts for b in p.bytes]
+    truth = [d for p in parts for d in p.ground_truth]
+    predictions = [d for p in parts for d in p.predictions]
+    agreement = score_agreement(truth, predictions, score_threshold)
+    pixels = {p.size for p in parts}
+    return {
+        "codec": first.key.codec,
+        "setting": first.key.setting,
+        # One input (or all at the same size): its pixels; else what --size asked for.
+        "size": size_text(first.size) if len(pixels) == 1 else first.key.size.label,
+        "kbps": sum(sizes) * 8 / sum(p.seconds for p in parts) / 1000,
+        "bytes_per_frame": float(np.mean(sizes)),
+        "ssim": float(np.mean([v for p in parts for v in p.ssim])),
+        "psnr_y": float(np.mean([v for p in parts for v in p.psnr_y])),
+        "f1": agreement.at_iou50.f1,
+        "precision": agreement.at_iou50.precision,
+        "recall": agreement.at_iou50.recall,
+        "encode_ms": float(np.mean([v for p in parts for v in p.encode_ms])),
+        "decode_ms": float(np.mean([v for p in parts for v in p.decode_ms])),
+        "size_asked": first.key.size.label,
+        "frames": len(sizes),
+        "p95_bytes": _p95(sizes),
+        "f1_iou75": agreement.at_iou75.f1,
+        "precision_iou75": agreement.at_iou75.precision,
+        "recall_iou75": agreement.at_iou75.recall,
+        "ap50_weighted": agreement.ap50_weighted,
+        "true_positives": agreement.at_iou50.true_positives,
+        "false_positives": agreement.at_iou50.false_positives,
+        "false_negatives": agreement.at_iou50.false_negatives,
+        "detected_frames": len(predictions),
+        "classes_apart": {
+            _class_name(c, class_names): {
+                "truth_boxes": n.truth_boxes,
+                "true_positives": n.true_positives,
+                "false_positives": n.false_positives,
+                "false_negatives": n.false_negatives,
+            }
+            for c, n in agreement.apart.items()
+        },
+    }
 
 
 # ------------------------------------------------------------------- zlib on JPEG
@@ -441,146 +642,6 @@ def summarize_zlib(samples: Sequence[ZlibOnJpeg]) -> dict[str, Any]:
 
 # ------------------------------------------------------------ equal-quality ratios
 
-MatchMethod = Literal["interpolated", "extrapolated", "clamped", "saturated"]
-#: Both SSIM and detection agreement top out at 1.0.
-QUALITY_CEILING = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class RateMatch:
-    """The kbit/s at which a codec's curve reaches a target quality.
-
-    ``method``: ``interpolated`` inside the measured range; ``extrapolated`` along the
-    end segment, at most ``MAX_EXTRAPOLATION_FACTOR`` beyond it; ``clamped`` to the
-    measured end when further out, when the curve is flat, when the target is a perfect
-    score the curve never reaches, or when the lowest rate already reaches the target;
-    then the true rate is at least
-    ``kbps`` (``above`` the range) or at most ``kbps`` (``below``). ``saturated``: the
-    target is the metric's maximum (a perfect agreement of 1.0), first reached at
-    ``kbps``; the true rate lies between the previous point and ``kbps``, so ``kbps`` is
-    an upper limit.
-    """
-
-    kbps: float
-    method: MatchMethod
-    side: Literal["inside", "above", "below"]
-
-    @property
-    def in_range(self) -> bool:
-        return self.side == "inside"
-
-
-def _log_rate_at(target: float, x: tuple[float, float], y: tuple[float, float]) -> float:
-    """Linear in (log kbit/s, quality) through two points, solved for the log rate."""
-    return x[0] + (target - y[0]) * (x[1] - x[0]) / (y[1] - y[0])
-
-
-def _extrapolate(
-    target: float, rates: np.ndarray, values: np.ndarray, side: Literal["above", "below"]
-) -> RateMatch:
-    logs = np.log(rates)
-    # The end segment that still rises (the curve is non-decreasing by construction).
-    rising = np.flatnonzero(np.diff(values) > 0)
-    end = float(rates[-1] if side == "above" else rates[0])
-    if rising.size == 0:
-        return RateMatch(end, "clamped", side)
-    i = int(rising[-1] if side == "above" else rising[0])
-    log_rate = _log_rate_at(target, (logs[i], logs[i + 1]), (values[i], values[i + 1]))
-    factor = math.exp(abs(log_rate - math.log(end)))
-    if factor > MAX_EXTRAPOLATION_FACTOR:
-        return RateMatch(end, "clamped", side)
-    return RateMatch(math.exp(log_rate), "extrapolated", side)
-
-
-def rate_for_quality(
-    target: float,
-    kbps: Sequence[float],
-    quality: Sequence[float | None],
-    ceiling: float | None = QUALITY_CEILING,
-) -> RateMatch | None:
-    """The kbit/s at which quality (SSIM, agreement, ...) reaches ``target`` on a curve.
-
-    Quality is interpolated linearly against log(kbit/s). Measured curves wobble (rate
-    control on a short clip), so the curve is first made non-decreasing in rate (a
-    running maximum): more bits never buy less quality. A ``target`` at ``ceiling``
-    (the metric's maximum) cannot be interpolated to: see ``RateMatch``'s
-    ``saturated``. ``None`` when the target or the curve has no usable value.
-    """
-    pairs = sorted(
-        (k, q) for k, q in zip(kbps, quality, strict=True) if q is not None and math.isfinite(q)
-    )
-    if not pairs or target is None or not math.isfinite(target):
-        return None
-    rates = np.array([k for k, _ in pairs], dtype=np.float64)
-    values = np.maximum.accumulate(np.array([q for _, q in pairs], dtype=np.float64))
-    if target > values[-1]:
-        if ceiling is not None and target >= ceiling:
-            # A perfect score is approached asymptotically: a straight line through the
-            # last two points says nothing about where the curve reaches it.
-            return RateMatch(float(rates[-1]), "clamped", "above")
-        return _extrapolate(target, rates, values, "above")
-    if target < values[0]:
-        return _extrapolate(target, rates, values, "below")
-    logs = np.log(rates)
-    # First measured point reaching the target; interpolate from the one before it.
-    j = int(np.argmax(values >= target))
-    if j == 0:
-        # Already reached at the lowest rate measured (typical of a saturated agreement
-        # of 1.0): fewer bits may do as well, so this rate is only an upper limit.
-        return RateMatch(float(rates[0]), "clamped", "below")
-    if ceiling is not None and target >= ceiling:
-        return RateMatch(float(rates[j]), "saturated", "inside")
-    if values[j] == target:
-        return RateMatch(float(rates[j]), "interpolated", "inside")
-    log_rate = _log_rate_at(target, (logs[j - 1], logs[j]), (values[j - 1], values[j]))
-    return RateMatch(float(math.exp(log_rate)), "interpolated", "inside")
-
-
-def bytes_ratio(reference_kbps: float, match: RateMatch | None) -> dict[str, Any]:
-    """Reference bytes over the matched codec's bytes at equal quality, with its caveat.
-
-    Bytes per frame are proportional to kbit/s at the clip's frame rate, so the ratio of
-    rates is the ratio of bytes. ``bound``: ``=`` for an interpolated or extrapolated
-    match; for a clamped one the true ratio is at most (``<=``, the codec needs more bits
-    than measured) or at least (``>=``, fewer) the value; ``>=`` for a saturated one.
-    """
-    if match is None or match.kbps <= 0:
-        return {"ratio": None, "kbps": None, "method": None, "in_range": False, "bound": None}
-    bound = "="
-    if match.method == "clamped":
-        bound = "<=" if match.side == "above" else ">="
-    elif match.method == "saturated":
-        bound = ">="
-    return {
-        "ratio": reference_kbps / match.kbps,
-        "kbps": match.kbps,
-        "method": match.method,
-        "in_range": match.in_range,
-        "bound": bound,
-    }
-
-
-def reference_quality(qualities: Sequence[int]) -> int:
-    """The seed's quality 95 when measured, else the highest quality measured."""
-    return SEED_JPEG_QUALITY if SEED_JPEG_QUALITY in qualities else max(qualities)
-
-
-def equal_quality_ratios(
-    reference: dict[str, Any], curves: dict[str, list[dict[str, Any]]], metric: str
-) -> dict[str, Any]:
-    """For each video codec, reference bytes / its bytes at the reference's ``metric``."""
-    target = reference[metric]
-    result: dict[str, Any] = {"metric": metric, "target": target}
-    for codec, points in curves.items():
-        match = None
-        if target is not None:
-            match = rate_for_quality(
-                target, [p["kbps"] for p in points], [p[metric] for p in points]
-            )
-        result[codec] = bytes_ratio(reference["kbps"], match)
-    return result
-
-
 # ----------------------------------------------------------------------- progress
 
 
@@ -624,122 +685,160 @@ class ProgressBar:
 
 # ------------------------------------------------------------------------ outputs
 
-CSV_COLUMNS = (
-    "input", "codec", "bitrate_kbps", "jpeg_quality", "frames", "mean_bytes", "p95_bytes",
-    "kbps", "psnr_y", "ssim", "encode_ms", "decode_ms", "agreement_map50", "agreement_frames",
-)  # fmt: skip
+
+# ------------------------------------------------------------------ the summary
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """All operating points, one row each (``input`` is ``all`` for the pooled rows)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+def reference_quality(qualities: Sequence[int]) -> int:
+    """The seed's quality 95 when measured, else the highest quality measured."""
+    return SEED_JPEG_QUALITY if SEED_JPEG_QUALITY in qualities else max(qualities)
 
 
-def write_plots(out_dir: Path, curves: dict[str, list[dict[str, Any]]]) -> list[Path]:
-    """SSIM and agreement against kbit/s (log x), one line per codec; [] without matplotlib."""
-    try:
-        from matplotlib.figure import Figure  # the "bench" extra; pyplot's state not needed
-    except ImportError:
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for metric, label, name in (
-        ("ssim", "SSIM (Y) vs pristine", "ssim_vs_kbps.png"),
-        ("agreement_map50", "detection agreement (mAP@0.5 vs pristine)", "agreement_vs_kbps.png"),
-    ):
-        figure = Figure(figsize=(7, 4.5))
-        axes = figure.subplots()
-        plotted = False
-        for codec, points in curves.items():
-            pairs = [(p["kbps"], p[metric]) for p in points if p[metric] is not None]
-            if not pairs:
-                continue
-            plotted = True
-            pairs.sort()
-            axes.plot(*zip(*pairs, strict=True), marker="o", label=CODEC_LABELS[codec])
-            if codec == "jpeg_zlib":
-                for p in points:
-                    if p[metric] is not None:
-                        axes.annotate(f"q{p['jpeg_quality']}", (p["kbps"], p[metric]), fontsize=7)
-        axes.set_xscale("log")
-        axes.set_xlabel("kbit/s")
-        axes.set_ylabel(label)
-        axes.grid(True, which="both", alpha=0.3)
-        if plotted:
-            axes.legend()
-        else:  # agreement is undefined when the detector found nothing in the pristine frames
-            axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
-        figure.tight_layout()
-        path = out_dir / name
-        figure.savefig(path, dpi=120)
-        written.append(path)
-    return written
+def _groups(points: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Points by (codec, size), in the order measured."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for p in points:
+        groups.setdefault((p["codec"], p["size"]), []).append(p)
+    return groups
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def format_table(curves: dict[str, list[dict[str, Any]]]) -> str:
-    header = (
-        f"{'codec':<10} {'setting':>8} {'kbit/s':>8} {'B/frame':>8} {'p95 B':>8} "
-        f"{'PSNR-Y':>7} {'SSIM':>7} {'enc ms':>7} {'dec ms':>7} {'mAP50':>6}"
+def _curve(codec: str, size: str, points: Sequence[dict[str, Any]]) -> curves.Curve:
+    return curves.Curve(
+        codec=codec,
+        size=size,
+        kbps=tuple(p["kbps"] for p in points),
+        f1=tuple(p["f1"] for p in points),
+        ssim=tuple(p["ssim"] for p in points),
     )
-    lines = [header, "-" * len(header)]
-    for codec, points in curves.items():
-        for p in points:
-            setting = f"q{p['jpeg_quality']}" if codec == "jpeg_zlib" else f"{p['bitrate_kbps']}k"
-            lines.append(
-                f"{CODEC_LABELS[codec]:<10} {setting:>8} {p['kbps']:8.0f} {p['mean_bytes']:8.0f} "
-                f"{p['p95_bytes']:8.0f} {p['psnr_y']:7.2f} {p['ssim']:7.4f} "
-                f"{p['encode_ms']:7.1f} {p['decode_ms']:7.1f} {_fmt(p['agreement_map50'], '6.3f')}"
-            )
-    return "\n".join(lines)
 
 
-def _ratio_text(entry: dict[str, Any]) -> str:
-    if entry["ratio"] is None:
-        return "n/a"
-    bound = "" if entry["bound"] == "=" else entry["bound"] + " "
-    notes = {
-        "extrapolated": " (extrapolated beyond the measured rates)",
-        "clamped": " (clamped: the target is at or past the end of the measured rates)",
-        "saturated": " (the target is the maximum, 1.0: reached at this rate or lower)",
-    }
-    note = notes.get(entry["method"], "")
-    return f"{bound}{entry['ratio']:.2f}x (at {entry['kbps']:.0f} kbit/s){note}"
+def build_ratios(points: Sequence[dict[str, Any]], seed: dict[str, Any]) -> list[curves.Ratio]:
+    """Every video curve's ratios against the seed's point and JPEG's curve."""
+    groups = _groups(points)
+    jpeg = next(_curve(JPEG, s, pts) for (c, s), pts in groups.items() if c == JPEG)
+    seed_quality = {curves.Measure.F1: seed["f1"], curves.Measure.SSIM: seed["ssim"]}
+    ratios = []
+    for (codec, size), group in groups.items():
+        if codec != JPEG:
+            curve = _curve(codec, size, group)
+            ratios += curves.ratios_for(curve, jpeg, seed["kbps"], seed_quality, F1_TARGETS)
+    return ratios
 
 
-def format_headlines(summary: dict[str, Any]) -> str:
-    ref = summary["reference"]
-    lines = [
-        f"reference: JPEG+zlib q{ref['jpeg_quality']} = {ref['kbps']:.0f} kbit/s, "
-        f"SSIM {ref['ssim']:.4f}, mAP50 {_fmt(ref['agreement_map50'], '.3f')}"
+def f1_monotonicity(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every curve, the most F1 falls as the setting (bitrate, quality) rises.
+
+    Beside it, what one box is worth (a box lost from a perfect score costs
+    1 / (2 N - 1) of F1 with N headline boxes), and the same fall of AP50w, which
+    integrates over the score and so shrugs off a box flickering across the threshold.
+    """
+    checks = []
+    for (codec, size), group in _groups(points).items():
+        settings = [p["setting"] for p in group]
+        fall = curves.largest_fall(settings, [p["f1"] for p in group])
+        worst = (
+            None
+            if fall.from_index is None or fall.to_index is None
+            else [group[fall.from_index]["setting"], group[fall.to_index]["setting"]]
+        )
+        boxes = group[0]["true_positives"] + group[0]["false_negatives"]
+        checks.append(
+            {
+                "codec": codec,
+                "size": size,
+                "largest_fall": fall.amount,
+                "between_settings": worst,
+                "ok": fall.amount <= F1_FALL_TOLERANCE,
+                "headline_boxes": boxes,
+                "one_box": 1 / (2 * boxes - 1) if boxes else None,
+                "ap50w_largest_fall": curves.largest_fall(
+                    settings, [p["ap50_weighted"] for p in group]
+                ).amount,
+            }
+        )
+    return checks
+
+
+def _pooled_points(
+    per_clip: Sequence[dict[PointKey, PointStats]],
+    keys: Sequence[PointKey],
+    class_names: Sequence[str],
+    score_threshold: float,
+) -> list[dict[str, Any]]:
+    return [
+        summarize_point([stats[key] for stats in per_clip], class_names, score_threshold)
+        for key in keys
     ]
-    for key, what in (("equal_ssim", "SSIM"), ("equal_agreement", "detection agreement")):
-        block = summary[key]
-        for codec in VIDEO_CODEC_NAMES:
-            lines.append(
-                f"bytes JPEG+zlib / {CODEC_LABELS[codec]} at equal {what}: "
-                f"{_ratio_text(block[codec])}"
-            )
-    floor = summary["jpeg_colour_round_trip"]
-    lines.append(
-        f"JPEG's colour round trip alone (yuv420p -> BGR -> Y, no codec): PSNR-Y "
-        f"{floor['psnr_y']:.1f} dB, SSIM {floor['ssim']:.5f}"
-    )
-    z = summary["zlib_on_jpeg"]["reference"]
-    lines.append(
-        f"zlib on JPEG q{z['jpeg_quality']}: saves {z['saved_pct']:.2f} % of the bytes for "
-        f"{z['zlib_compress_ms']:.2f} ms compress + {z['zlib_decompress_ms']:.2f} ms "
-        f"decompress per frame (JPEG itself {z['jpeg_ms']:.2f} ms)"
-    )
-    return "\n".join(lines)
+
+
+def _block(
+    per_clip: Sequence[dict[PointKey, PointStats]],
+    keys: Sequence[PointKey],
+    class_names: Sequence[str],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Points, seed, ratios and the F1 check over ``per_clip`` (one input or all).
+
+    The ratios come twice: ``ratios`` as JSON, ``ratio_readings`` (``curves.Ratio``, with
+    the rates behind each) for the printed table; the latter is not written out.
+    """
+    points = _pooled_points(per_clip, keys, class_names, args.score_threshold)
+    seed_q = reference_quality(args.jpeg_qualities)
+    seed = next(p for p in points if p["codec"] == JPEG and p["setting"] == seed_q)
+    truth = next(iter(per_clip[0].values())).ground_truth
+    for stats in per_clip[1:]:
+        truth = [*truth, *next(iter(stats.values())).ground_truth]
+    boxes = class_box_counts(truth)
+    headline = headline_classes(boxes)
+    ratios = build_ratios(points, seed)
+    return {
+        "ground_truth_boxes": {_class_name(c, class_names): n for c, n in boxes.items()},
+        "headline_classes": [_class_name(c, class_names) for c in boxes if c in headline],
+        "classes_apart": [_class_name(c, class_names) for c in boxes if c not in headline],
+        "seed": seed,
+        "points": points,
+        "ratios": [r.to_json() for r in ratios],
+        "ratio_readings": ratios,
+        "f1_monotonicity": f1_monotonicity(points),
+    }
+
+
+def build_summary(
+    args: argparse.Namespace,
+    clips: Sequence[Clip],
+    per_clip: Sequence[dict[PointKey, PointStats]],
+    zlib_samples: dict[int, list[ZlibOnJpeg]],
+    class_names: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The JSON summary: pooled points, ratios, the F1 check and zlib's share."""
+    keys = list(per_clip[0])
+    ref_q = reference_quality(args.jpeg_qualities)
+    zlib_points = [summarize_zlib(samples) for _, samples in sorted(zlib_samples.items())]
+    return {
+        "bench": "codec",
+        "inputs": [
+            {"name": c.name, "frames": len(c.frames), "fps": c.fps, "size": size_text(c.size)}
+            for c in clips
+        ],
+        "sizes": [spec.label for spec in args.size],
+        "detect_every": args.detect_every,
+        "score_threshold": args.score_threshold,
+        "prediction_score_threshold": args.prediction_score_threshold,
+        "min_headline_boxes": MIN_HEADLINE_BOXES,
+        "f1_fall_tolerance": F1_FALL_TOLERANCE,
+        **_block(per_clip, keys, class_names, args),
+        "zlib_on_jpeg": {
+            "reference": next(z for z in zlib_points if z["jpeg_quality"] == ref_q),
+            "points": zlib_points,
+        },
+        "jpeg_colour_round_trip": colour_round_trip(clips),
+        "per_input": [
+            {"name": clip.name, **_block([stats], keys, class_names, args)}
+            for clip, stats in zip(clips, per_clip, strict=True)
+        ]
+        if len(clips) > 1
+        else [],
+    }
 
 
 # ---------------------------------------------------------------------- the bench
@@ -752,14 +851,21 @@ def _quality_arg(text: str) -> int:
     return value
 
 
+def _size_arg(text: str) -> SizeSpec:
+    try:
+        return parse_size_spec(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or native, or model") from None
+
+
 def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``codec`` to ``shelf-bench``'s subparsers (``argparse`` ``add_subparsers()``)."""
     # Imported here: cli imports this module, so a top-level import would be circular.
-    from shelf_stream.cli import _positive_int, parse_size
+    from shelf_stream.cli import _positive_int
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "codec",
-        help="H.265 and H.264 vs the seed's JPEG+zlib: bytes, quality, detection agreement",
+        help="H.265 and H.264 vs the seed's JPEG+zlib: bytes, quality, detection F1",
         description=DESCRIPTION,
     )
     parser.add_argument(
@@ -767,34 +873,51 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a video file (repeatable; default: the generated scene of real photos, 30 fps)",
     )  # fmt: skip
     parser.add_argument(
-        "--size", type=parse_size, default=DEFAULT_SIZE, metavar="WxH", help="(default 640x480)"
-    )
+        "--size", type=_size_arg, nargs="+", default=[NATIVE], metavar="SIZE",
+        help="sizes the video codecs encode at: native (the input's own, the default), "
+        "model (the detector's input size, aspect kept) or WxH (stretched to it); "
+        "several run side by side. JPEG+zlib always sends the input's own size",
+    )  # fmt: skip
     parser.add_argument(
         "--frames", type=_positive_int, default=DEFAULT_FRAMES,
         help=f"frames per input (default {DEFAULT_FRAMES})",
     )  # fmt: skip
     parser.add_argument(
         "--bitrates", type=_positive_int, nargs="+", default=list(DEFAULT_BITRATES_KBPS),
-        metavar="KBPS", help="H.265/H.264 targets in kbit/s (default 250 500 1000 2000 4000)",
+        metavar="KBPS",
+        help="H.265/H.264 targets in kbit/s (default "
+        + " ".join(map(str, DEFAULT_BITRATES_KBPS)) + ")",
     )  # fmt: skip
     parser.add_argument(
         "--jpeg-qualities", type=_quality_arg, nargs="+", default=list(DEFAULT_JPEG_QUALITIES),
-        metavar="Q", help="JPEG+zlib qualities (default 50 70 80 90 95; 95 is the seed's)",
+        metavar="Q",
+        help="JPEG+zlib qualities (default " + " ".join(map(str, DEFAULT_JPEG_QUALITIES))
+        + "; 95 is the seed's)",
     )  # fmt: skip
     parser.add_argument("--model", help="ONNX model path (default: as shelf-stream serve)")
     parser.add_argument(
         "--score-threshold", type=float, default=DEFAULT_GT_SCORE_THRESHOLD, metavar="S",
-        help="pristine detections at or above this are the ground truth (default 0.3, "
-        "as the server)",
+        help="the server's threshold: pristine detections at or above it are the ground "
+        "truth, and decoded ones at or above it count for precision/recall/F1 (default 0.3)",
     )  # fmt: skip
     parser.add_argument(
         "--prediction-score-threshold", type=float, metavar="S",
         default=DEFAULT_PREDICTION_SCORE_THRESHOLD,
-        help="detections on decoded frames are kept down to this score for mAP (default 0.05)",
+        help="for AP, detections on decoded frames are kept down to this score (default 0.05)",
     )  # fmt: skip
     parser.add_argument(
         "--detect-every", type=_positive_int, default=DEFAULT_DETECT_EVERY, metavar="K",
-        help="detection agreement on every K-th frame (default 1: every frame)",
+        help="detection figures on every K-th frame (default 1: every frame)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--encoder-sweep", action=argparse.BooleanOptionalAction, default=True,
+        help="also time x265 presets and threads alone and beside a busy detector, on the "
+        "first input (default: on)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--encoder-sweep-rounds", type=_positive_int, default=encoder_sweep.SWEEP_ROUNDS,
+        metavar="N", help="interleaved rounds of the sweep; figures are their medians "
+        f"(default {encoder_sweep.SWEEP_ROUNDS})",
     )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT_DIR, metavar="DIR",
@@ -806,27 +929,28 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _create_detector(args: argparse.Namespace) -> Detector:
+def _create_detector(model_path: Path, args: argparse.Namespace) -> Detector:
     from shelf_stream.engine import EngineConfig, create_detector
-    from shelf_stream.engine.models import resolve_model
 
     # One detector for both sides, at the lower threshold; the ground truth is filtered.
     threshold = min(args.score_threshold, args.prediction_score_threshold)
-    config = EngineConfig(model_path=resolve_model(args.model), score_threshold=threshold)
-    return create_detector(config)
+    return create_detector(EngineConfig(model_path=model_path, score_threshold=threshold))
 
 
-def _operating_points(args: argparse.Namespace) -> list[tuple[str, int]]:
-    points = [(codec, kbps) for codec in VIDEO_CODEC_NAMES for kbps in sorted(set(args.bitrates))]
-    return points + [("jpeg_zlib", q) for q in sorted(set(args.jpeg_qualities))]
+def _operating_points(args: argparse.Namespace) -> list[PointKey]:
+    sizes = list(dict.fromkeys(args.size))  # a size given twice runs once
+    video = [
+        PointKey(codec, kbps, size)
+        for codec in VIDEO_CODEC_NAMES
+        for size in sizes
+        for kbps in sorted(set(args.bitrates))
+    ]
+    return video + [PointKey(JPEG, q, NATIVE) for q in sorted(set(args.jpeg_qualities))]
 
 
-def _setting_label(codec: str, setting: int) -> str:
-    return (
-        f"{CODEC_LABELS[codec]} q{setting}"
-        if codec == "jpeg_zlib"
-        else f"{CODEC_LABELS[codec]} {setting}k"
-    )
+def _setting_label(key: PointKey) -> str:
+    setting = f"q{key.setting}" if key.codec == JPEG else f"{key.setting}k"
+    return f"{CODEC_LABELS[key.codec]} {setting} {key.size.label}"
 
 
 def _measure_clip(
@@ -834,15 +958,16 @@ def _measure_clip(
     detector: Detector,
     args: argparse.Namespace,
     progress: ProgressBar,
-) -> tuple[dict[tuple[str, int], PointStats], dict[int, list[ZlibOnJpeg]]]:
+) -> tuple[dict[PointKey, PointStats], dict[int, list[ZlibOnJpeg]]]:
     progress.show(f"{clip.name}: detections on pristine frames")
     truth = detect_pristine(clip, detector, args.detect_every, args.score_threshold)
     progress.advance(f"{clip.name}: pristine detections")
     stats = {}
-    for codec, setting in _operating_points(args):
-        progress.show(f"{clip.name}: {_setting_label(codec, setting)}")
-        stats[(codec, setting)] = run_point(codec, setting, clip, detector, truth)
-        progress.advance(f"{clip.name}: {_setting_label(codec, setting)}")
+    for key in _operating_points(args):
+        progress.show(f"{clip.name}: {_setting_label(key)}")
+        size = key.size.resolve(clip.size, detector.input_size)
+        stats[key] = run_point(key, clip, detector, truth, size)
+        progress.advance(f"{clip.name}: {_setting_label(key)}")
     bgr_arrays = [frame.to_ndarray() for frame in clip.bgr]
     zlib_samples = {
         q: [measure_zlib_on_jpeg(bgr, q) for bgr in bgr_arrays]
@@ -852,135 +977,95 @@ def _measure_clip(
     return stats, zlib_samples
 
 
-def _curves(
-    per_clip: Sequence[dict[tuple[str, int], PointStats]],
-    keys: Sequence[tuple[str, int]],
-    class_names: Sequence[str],
-) -> dict[str, list[dict[str, Any]]]:
-    curves: dict[str, list[dict[str, Any]]] = {
-        codec: [] for codec in (*VIDEO_CODEC_NAMES, "jpeg_zlib")
-    }
-    for key in keys:
-        curves[key[0]].append(summarize_point([stats[key] for stats in per_clip], class_names))
-    return curves
-
-
-def build_summary(
-    args: argparse.Namespace,
-    clips: Sequence[Clip],
-    per_clip: Sequence[dict[tuple[str, int], PointStats]],
-    zlib_samples: dict[int, list[ZlibOnJpeg]],
-    class_names: Sequence[str] = (),
+def _sweep(
+    clip: Clip, model_path: Path, model_input: tuple[int, int], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """The JSON summary: pooled curves, the equal-quality ratios and zlib's share."""
-    keys = _operating_points(args)
-    curves = _curves(per_clip, keys, class_names)
-    ref_q = reference_quality(args.jpeg_qualities)
-    reference = next(p for p in curves["jpeg_zlib"] if p["jpeg_quality"] == ref_q)
-    video = {codec: curves[codec] for codec in VIDEO_CODEC_NAMES}
-    equal_ssim = equal_quality_ratios(reference, video, "ssim")
-    equal_agreement = equal_quality_ratios(reference, video, "agreement_map50")
-    zlib_points = [summarize_zlib(samples) for _, samples in sorted(zlib_samples.items())]
-    width, height = args.size
+    """The encoder settings sweep on ``clip`` at the first ``--size``, middle bitrate."""
+    from shelf_stream.engine.onnx_backend import default_inference_threads
+
+    size = args.size[0].resolve(clip.size, model_input)
+    frames = clip.at(size)
+    bitrates = sorted(set(args.bitrates))
+    kbps = bitrates[len(bitrates) // 2]
+    threads = default_inference_threads()  # the server's default
+    with encoder_sweep.BusyInference(model_path, clip.bgr[0].to_ndarray(), threads) as busy:
+        sweep = encoder_sweep.run_sweep(
+            frames, clip.fps, kbps, busy, encoder_sweep.default_settings(),
+            args.encoder_sweep_rounds,
+        )  # fmt: skip
     return {
-        "bench": "codec",
-        "size": f"{width}x{height}",
-        "inputs": [{"name": c.name, "frames": len(c.frames), "fps": c.fps} for c in clips],
-        "detect_every": args.detect_every,
-        "score_threshold": args.score_threshold,
-        "prediction_score_threshold": args.prediction_score_threshold,
-        "ground_truth_boxes": ground_truth_counts(per_clip, class_names),
-        "reference": reference,
-        "bytes_ratio_at_equal_ssim": equal_ssim["hevc"]["ratio"],
-        "bytes_ratio_at_equal_agreement": equal_agreement["hevc"]["ratio"],
-        "equal_ssim": equal_ssim,
-        "equal_agreement": equal_agreement,
-        "zlib_on_jpeg": {
-            "reference": next(z for z in zlib_points if z["jpeg_quality"] == ref_q),
-            "points": zlib_points,
-        },
-        **{codec: {"points": points} for codec, points in curves.items()},
-        "jpeg_colour_round_trip": colour_round_trip(clips),
-        "per_input": [
-            {
-                "name": clip.name,
-                **{c: {"points": pts} for c, pts in _curves([stats], keys, class_names).items()},
-            }
-            for clip, stats in zip(clips, per_clip, strict=True)
-        ]
-        if len(clips) > 1
-        else [],
+        "input": clip.name,
+        "size": size_text(size),
+        "fps": clip.fps,
+        "bitrate_kbps": kbps,
+        "frames": min(len(frames), encoder_sweep.SWEEP_FRAMES),
+        "rounds": sweep.rounds,
+        "busy_inference_threads": threads,
+        "inference_ms_idle": sweep.inference_ms_idle,
+        "results": [r.to_json() for r in sweep.results],
+        "table": encoder_sweep.format_sweep(sweep, clip.fps, kbps, size_text(size)),
     }
 
 
-def _csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    blocks = [("all", summary), *((entry["name"], entry) for entry in summary["per_input"])]
-    for name, block in blocks:
-        for codec in (*VIDEO_CODEC_NAMES, "jpeg_zlib"):
-            rows.extend({"input": name, **point} for point in block[codec]["points"])
-    return rows
+def _encoders_used(clips: Sequence[Clip]) -> dict[str, str]:
+    clip = clips[0]
+    width, height = clip.size
+    return {
+        codec: auto_encoder_choice(
+            EncoderConfig(codec=codec, width=width, height=height, fps=clip.fps)
+        ).name
+        for codec in VIDEO_CODEC_NAMES
+    }
 
 
 def run_codec_bench(
     args: argparse.Namespace, *, print_fn: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Run ``shelf-bench codec``: print the table, write CSV/plots/JSON, return the summary."""
+    """Run ``shelf-bench codec``: print the report, write CSV/plots/JSON, return the summary."""
+    from shelf_stream.engine.models import resolve_model
+
     started = time.monotonic()
     inputs: list[Path | None] = list(args.input) if args.input else [None]
-    detector = _create_detector(args)
+    model_path = resolve_model(args.model)
+    detector = _create_detector(model_path, args)
     class_names, model = detector.class_names, detector.model_name
-    steps = len(inputs) * (len(_operating_points(args)) + 2)
+    steps = len(inputs) * (len(_operating_points(args)) + 2) + int(args.encoder_sweep)
     progress = ProgressBar(steps)
     per_clip, clips = [], []
     zlib_samples: dict[int, list[ZlibOnJpeg]] = {}
+    sweep = None
     try:
         for path in inputs:
             progress.show(f"reading {path or 'the generated scene'}")
-            clip = load_clip(path, args.size, args.frames)
+            clip = load_clip(path, args.frames)
             clips.append(clip)
             stats, samples = _measure_clip(clip, detector, args, progress)
             per_clip.append(stats)
             for quality, values in samples.items():
                 zlib_samples.setdefault(quality, []).extend(values)
+        if args.encoder_sweep:
+            progress.show("encoder settings, alone and beside a busy detector")
+            sweep = _sweep(clips[0], model_path, detector.input_size, args)
+            progress.advance("encoder settings")
     finally:
         progress.close()
         detector.close()
     summary = build_summary(args, clips, per_clip, zlib_samples, class_names)
     summary["model"] = model
-    csv_path = args.out / "codec_points.csv"
-    write_csv(csv_path, _csv_rows(summary))
-    plots = write_plots(
-        args.out, {c: summary[c]["points"] for c in (*VIDEO_CODEC_NAMES, "jpeg_zlib")}
-    )
-    summary["outputs"] = {"csv": str(csv_path), "plots": [str(p) for p in plots]}
+    summary["encoders"] = _encoders_used(clips)
+    summary["encoder_sweep"] = sweep
+    readings = _pop_readings(summary)
+    outputs = codec_report.write_outputs(args.out, summary)
+    summary["outputs"] = {"csv": str(outputs.csv), "plots": [str(p) for p in outputs.plots]}
     summary["runtime_s"] = time.monotonic() - started
-    print_fn(_report(summary, plots))
+    print_fn(codec_report.format_report(summary, readings))
     write_json(args.json, {"summary": summary})
     return summary
 
 
-def _report(summary: dict[str, Any], plots: Sequence[Path]) -> str:
-    inputs = ", ".join(
-        f"{i['name']} ({i['frames']} frames @ {i['fps']:g} fps)" for i in summary["inputs"]
-    )
-    curves = {c: summary[c]["points"] for c in (*VIDEO_CODEC_NAMES, "jpeg_zlib")}
-    plot_note = ", ".join(str(p) for p in plots) or "none (pip install shelf-stream[bench])"
-    every = summary["detect_every"]
-    frames = "every frame" if every == 1 else f"every {every}th frame"
-    truth = ", ".join(f"{n} {c}" for n, c in summary["ground_truth_boxes"].items()) or "none"
-    return "\n".join(
-        [
-            f"codec bench at {summary['size']}: {inputs}",
-            f"detection agreement ({summary['model']}) on {frames}: ground truth = pristine "
-            f"detections with score >= {summary['score_threshold']:g} ({truth}); "
-            f"predictions kept down to {summary['prediction_score_threshold']:g}",
-            "",
-            format_table(curves),
-            "",
-            format_headlines(summary),
-            "",
-            f"CSV: {summary['outputs']['csv']}   plots: {plot_note}",
-            f"runtime: {summary['runtime_s']:.0f} s",
-        ]
-    )
+def _pop_readings(summary: dict[str, Any]) -> list[curves.Ratio]:
+    """Take the ``curves.Ratio`` objects out of the summary (JSON has their ``ratios``)."""
+    for block in summary["per_input"]:
+        block.pop("ratio_readings")
+    readings: list[curves.Ratio] = summary.pop("ratio_readings")
+    return readings

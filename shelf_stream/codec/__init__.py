@@ -2,14 +2,21 @@
 
 Codec names: ``hevc`` (libx265 / decoder ``hevc``), ``h264`` (libx264 / decoder
 ``h264``) and ``jpeg_zlib`` (the seed system's JPEG+zlib baseline, for benchmarks).
+
+An ``EncoderConfig.encoder`` of ``None`` or ``"auto"`` picks a hardware encoder that
+really opens on this machine, else the software one (``codec.auto``); a name picks that
+encoder.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from typing import Literal
 
 import av
 
+from shelf_stream.codec import auto
 from shelf_stream.codec.base import (
     TIME_BASE,
     VIDEO_CODECS,
@@ -21,6 +28,8 @@ from shelf_stream.codec.base import (
 from shelf_stream.codec.recovery import DecodeResult, RecoveringDecoder
 from shelf_stream.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CODECS",
     "TIME_BASE",
@@ -31,6 +40,7 @@ __all__ = [
     "Encoder",
     "EncoderConfig",
     "RecoveringDecoder",
+    "auto_encoder_choice",
     "available_decoders",
     "available_encoders",
     "get_decoder",
@@ -40,8 +50,7 @@ __all__ = [
 #: Every codec name the factories accept.
 CODECS = (*VIDEO_CODECS, "jpeg_zlib")
 
-#: Default libavcodec encoder and decoder per video codec.
-_DEFAULT_ENCODERS = {"hevc": "libx265", "h264": "libx264"}
+#: Default libavcodec decoder per video codec (encoders: ``codec.auto``).
 _DEFAULT_DECODERS = {"hevc": "hevc", "h264": "h264"}
 
 
@@ -81,8 +90,16 @@ def _same_codec_names(codec: str, mode: Literal["r", "w"]) -> list[str]:
     return sorted(name for name in av.codecs_available if _codec_id(name, mode) == wanted)
 
 
+def auto_encoder_choice(config: EncoderConfig) -> auto.EncoderChoice:
+    """What ``--encoder auto`` uses for ``config.codec`` in this process (probed once)."""
+    _check_codec_name(config.codec)
+    return auto.CHOICES.get(config, available=available_encoders)
+
+
 def _resolve_encoder_name(config: EncoderConfig) -> str:
-    name = config.encoder or _DEFAULT_ENCODERS[config.codec]
+    if auto.is_auto(config.encoder):
+        return auto_encoder_choice(config).name
+    name = str(config.encoder)
     if name not in available_encoders(config.codec):
         raise ConfigError(
             f"encoder {name!r} is not available for codec {config.codec!r} in this PyAV "
@@ -136,7 +153,17 @@ def get_encoder(config: EncoderConfig) -> Encoder:
         return JpegZlibEncoder(config)
     from shelf_stream.codec.pyav import PyAVEncoder
 
-    return PyAVEncoder(config, _resolve_encoder_name(config))
+    name = _resolve_encoder_name(config)
+    if not auto.is_auto(config.encoder) or name == auto.SOFTWARE_ENCODERS[config.codec]:
+        return PyAVEncoder(config, name)
+    try:
+        return PyAVEncoder(config, name)
+    except ConfigError as exc:
+        # The hardware encoder opened for the probe's settings but not for these (a size
+        # or rate outside its limits): this stream still runs, in software.
+        software = auto.SOFTWARE_ENCODERS[config.codec]
+        log.warning("%s; using %s for %dx%d", exc, software, config.width, config.height)
+        return PyAVEncoder(replace(config, encoder=software), software)
 
 
 def get_decoder(codec: str, *, decoder: str | None = None, threads: int = 1) -> Decoder:

@@ -25,9 +25,11 @@ class EncoderConfig:
     """Settings of one encoder.
 
     ``codec`` is ``hevc`` (libx265), ``h264`` (libx264) or ``jpeg_zlib`` (the seed
-    system's baseline, for benchmarks). ``encoder`` overrides the libavcodec encoder
-    (``hevc_nvenc``, ``hevc_videotoolbox``, ...). ``preset`` ``None`` takes the codec's
-    measured real-time default.
+    system's baseline, for benchmarks). ``encoder`` names the libavcodec encoder
+    (``hevc_nvenc``, ``hevc_videotoolbox``, ...); ``None`` or ``"auto"``: the first
+    hardware encoder that opens here, else the software one (``codec.auto``). ``preset``
+    ``None`` takes the codec's measured real-time default. ``threads`` is the encoder's
+    thread count (libx265: its worker pool); 0 takes the encoder's measured default.
     """
 
     codec: str = "hevc"
@@ -38,7 +40,7 @@ class EncoderConfig:
     bitrate_kbps: int = 1500
     keyframe_interval_s: float = 2.0
     preset: str | None = None
-    threads: int = 0  # 0: let the encoder decide
+    threads: int = 0  # 0: the encoder's default (``codec.pyav``)
     jpeg_quality: int = 95  # jpeg_zlib only; 95 is OpenCV's default
 
 

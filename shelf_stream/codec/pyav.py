@@ -15,7 +15,36 @@ from shelf_stream.errors import CodecError, ConfigError
 
 #: Measured real-time presets. superfast took ~35 % fewer bytes than ultrafast at equal
 #: quality for ~3 ms more per 480p frame (libx265 on a 2-core box: ~9.5 ms at 640x480).
+#:
+#: ``shelf-bench codec``'s encoder sweep (``bench/encoder_sweep.py``; the commands are in
+#: ``benchmarks/README.md``, "Codec") on the three real clips at 400 kbit/s, each setting
+#: alone and beside the detector looping in another process (as on loopback), medians of
+#: 5 and of 3 interleaved rounds, 2-core box shared with other jobs (load average 4-8, so
+#: times are inflated: compare within a run):
+#:
+#:   libx265 ms/frame alone / beside, SSIM    ultrafast       superfast       veryfast
+#:   shelf 640x360 30 fps (33.5 ms budget)    6.2-8.6 / 11-29  9.3-13 / 21-43   13-21 / 23-62
+#:                                            SSIM 0.9961      0.9973           0.9976 (+11 % bytes)
+#:   people 768x432 10 fps                    8.8-18 / 16-55   13-28 / 19-126   18-32 / 27-83
+#:                                            0.9908-0.9911    0.9931-0.9935    0.9941-0.9943
+#:   cars 768x432 12.5 fps                    13-16 / 23-60    19-29 / 59-137   16-29 / 26-88
+#:                                            0.9871-0.9873    0.9884           0.9898
+#:   (libx264 superfast: 1.7-3.1 ms alone, 1.9-3.7 beside; SSIM 0.9959 / 0.9929-0.9930 /
+#:   0.9889)
+#:
+#: So superfast stays: +0.0012-0.0026 SSIM over ultrafast at the same target for 1.3-2.0x
+#: the time; veryfast adds at most 0.0014 more (and on the shelf clip spent 11 % more of
+#: the target) for up to 1.9x superfast's time. At 30 fps beside the detector superfast
+#: missed the 33.5 ms budget in the busier run (41-43 ms; veryfast on one thread 62): that
+#: is what the client's own switch to ``FASTER_PRESETS`` is for.
 DEFAULT_PRESETS = {"libx265": "superfast", "libx264": "superfast"}
+#: libx265's worker threads (x265 ``pools``) when ``EncoderConfig.threads`` is 0: 0 keeps
+#: x265's own default, one per core. In the same sweep, superfast beside the detector
+#: took 43 / 24, 66 / 19 and 59 / 67 ms a frame with 2 threads (every core here) against
+#: 41 / 21, 126 / 30 and 137 / 68 with 1 (shelf, people, cars; 5-round / 3-round runs):
+#: at most about a tenth slower and up to 2.3x as fast, and the detector's ms per
+#: inference meanwhile showed no consistent difference (22-44 against 28-43).
+DEFAULT_X265_THREADS = 0
 #: Where the default cannot keep up: libx265 at 720p here took 20.7 vs 27.7 ms a frame
 #: alone and 34.1 vs 55.7 beside a busy process (``benchmarks/encoder_rate.py``), for about
 #: a third more bytes at equal quality.
@@ -26,6 +55,17 @@ FASTER_PRESETS = {"libx265": "ultrafast", "libx264": "ultrafast"}
 _LOW_LATENCY_OPTIONS = {"zerolatency": "1", "delay": "0", "realtime": "1", "forced-idr": "1"}
 
 _PIX_FMT = "yuv420p"
+#: The same 4:2:0 samples with interleaved chroma: what Quick Sync (``*_qsv``) takes.
+_NV12 = "nv12"
+
+
+def input_format(encoder_name: str) -> str:
+    """The 4:2:0 pixel format the encoder is fed: yuv420p, or nv12 where it takes only that."""
+    try:
+        formats = {f.name for f in av.Codec(encoder_name, "w").video_formats or ()}
+    except ValueError:  # unknown encoder: opening it will say so
+        return _PIX_FMT
+    return _NV12 if formats and _PIX_FMT not in formats and _NV12 in formats else _PIX_FMT
 
 
 def _wrap(exc: Exception, what: str) -> CodecError:
@@ -73,6 +113,10 @@ def _x265_options(config: EncoderConfig) -> dict[str, str]:
         # frame-threads=1 with the context's thread count, so pin it here.
         ":frame-threads=1:log-level=error"
     )
+    threads = config.threads or DEFAULT_X265_THREADS
+    if threads > 0:
+        # With one frame thread, x265's parallelism is its worker pool (wavefront rows).
+        params += f":pools={threads}"
     return {
         "preset": config.preset or DEFAULT_PRESETS["libx265"],
         "tune": "zerolatency",
@@ -127,6 +171,7 @@ class PyAVEncoder(Encoder):
         self.encoder_name = encoder_name
         self.last_encode_ms = 0.0
         self._force_keyframe = False
+        self._pix_fmt = input_format(encoder_name)
         try:
             self._ctx: av.VideoCodecContext | None = self._open(config)
         except CodecError as exc:
@@ -140,7 +185,7 @@ class PyAVEncoder(Encoder):
                 raise CodecError(f"{self.encoder_name} is not a video encoder")
             ctx.width = config.width
             ctx.height = config.height
-            ctx.pix_fmt = _PIX_FMT
+            ctx.pix_fmt = self._pix_fmt
             ctx.time_base = TIME_BASE
             ctx.framerate = Fraction(config.fps).limit_denominator(1001)
             ctx.bit_rate = abr_kbps(self.encoder_name, config) * 1000
@@ -155,21 +200,22 @@ class PyAVEncoder(Encoder):
 
     def _prepare(self, frame: av.VideoFrame) -> av.VideoFrame:
         cfg = self.config
-        if frame.format.name == _PIX_FMT and (frame.width, frame.height) == (
+        if frame.format.name == self._pix_fmt and (frame.width, frame.height) == (
             cfg.width,
             cfg.height,
         ):
             return frame
         try:
-            return frame.reformat(width=cfg.width, height=cfg.height, format=_PIX_FMT)
+            return frame.reformat(width=cfg.width, height=cfg.height, format=self._pix_fmt)
         except (av.error.FFmpegError, ValueError) as exc:
-            raise _wrap(exc, "converting the frame to yuv420p") from exc
+            raise _wrap(exc, f"converting the frame to {self._pix_fmt}") from exc
 
     def encode(self, frame: av.VideoFrame, pts: int, *, keyframe: bool = False) -> EncodedFrame:
         """Encode one frame; see ``Encoder.encode``.
 
-        A frame already in yuv420p at the configured size is used as is, and its
-        ``pts``, ``time_base`` and ``pict_type`` are overwritten.
+        A frame already in the encoder's format (yuv420p; nv12 for Quick Sync) at the
+        configured size is used as is, and its ``pts``, ``time_base`` and ``pict_type``
+        are overwritten.
         """
         if self._ctx is None:
             raise CodecError("encoder is closed")

@@ -10,6 +10,7 @@ import pytest
 from shelf_stream.codec import (
     CODECS,
     EncoderConfig,
+    auto_encoder_choice,
     available_decoders,
     available_encoders,
     get_decoder,
@@ -25,9 +26,14 @@ def test_codec_names() -> None:
 
 @pytest.mark.parametrize(("codec", "encoder"), [("hevc", "libx265"), ("h264", "libx264")])
 def test_default_encoders_and_decoders(codec: str, encoder: str) -> None:
-    enc = get_encoder(EncoderConfig(codec=codec, width=64, height=48))
+    config = EncoderConfig(codec=codec, width=64, height=48)
+    enc = get_encoder(config)
     assert isinstance(enc, PyAVEncoder)
-    assert enc.encoder_name == encoder
+    # The default is ``auto``: a hardware encoder that opens here, else the software one
+    # (tests/codec/test_auto.py).
+    choice = auto_encoder_choice(config)
+    assert enc.encoder_name == choice.name
+    assert choice.hardware or choice.name == encoder
     dec = get_decoder(codec)
     assert isinstance(dec, PyAVDecoder)
     assert dec.decoder_name == codec
