@@ -13,8 +13,7 @@ frame was captured, after the client's decoding).
 
 Usage, from the repository root (about a minute; needs tests/rtsp/camera.py's packages):
 
-  SHELF_STREAM_MODEL=../shared/models/yolox_nano.onnx \\
-      .venv/bin/python benchmarks/rtsp_passthrough.py [--rounds 3] [--frames 75] [--json out.json]
+  .venv/bin/python benchmarks/rtsp_passthrough.py [--rounds 3] [--frames 75] [--json out.json]
 """
 
 from __future__ import annotations
