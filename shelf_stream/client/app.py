@@ -348,9 +348,17 @@ class StreamClient:
         self, conn: StreamConnection, source: FrameSource, geometry: _Geometry, start: Target
     ) -> None:
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
         self._geometry_wanted = geometry
-        adaptation = self._adaptation = self._make_adaptation(start, now)
+        # The first look at the encoder may probe the hardware ones (``--encoder auto``,
+        # once per process): off the event loop. Later looks read the cached choice.
+        start_config = self._encoder_config(
+            EncoderPlan(start, round(start.bitrate_kbps)), probe=False
+        )
+        faster = await loop.run_in_executor(None, faster_preset, start_config)
+        now = time.monotonic()
+        adaptation = self._adaptation = self._make_adaptation(
+            start, now, can_go_faster=faster is not None
+        )
         adaptation.on_connected(now, rtt_ms=self._probe_rtt_ms())
         units = self.config.outbox_units
         if self._camera is not None:
@@ -404,24 +412,25 @@ class StreamClient:
             decode_frames=self._video is not None,  # --save draws on the pictures
         )
 
-    def _make_adaptation(self, start: Target, now: float) -> Adaptation:
+    def _make_adaptation(self, start: Target, now: float, *, can_go_faster: bool) -> Adaptation:
         config = self.config.adaptation
         if self._camera is not None:
             config = replace(config, enabled=False)  # nothing can change a camera's stream
         control = replace(config.control, max_bitrate_kbps=self.config.max_bitrate_kbps)
-        start_config = self._encoder_config(EncoderPlan(start, round(start.bitrate_kbps)))
         return Adaptation(
             replace(config, control=control),
             start=start,
             now=now,
             ladder=self._ladder,
-            can_go_faster=faster_preset(start_config) is not None,
+            can_go_faster=can_go_faster,
         )
 
     def _probe_rtt_ms(self) -> float | None:
         return self.probe_result.rtt_ms if self.probe_result is not None else None
 
-    def _encoder_config(self, plan: EncoderPlan) -> EncoderConfig:
+    def _encoder_config(self, plan: EncoderPlan, *, probe: bool = True) -> EncoderConfig:
+        """The encoder's settings for ``plan``; ``probe=False`` leaves the faster preset
+        unresolved (it needs the encoder's name, which may mean a hardware probe)."""
         cfg, target = self.config, plan.target
         config = EncoderConfig(
             codec=cfg.codec,
@@ -434,7 +443,7 @@ class StreamClient:
             preset=cfg.preset,
             jpeg_quality=cfg.jpeg_quality,
         )
-        if target.fast_preset:
+        if target.fast_preset and probe:
             config = replace(config, preset=faster_preset(config))
         return config
 
