@@ -9,8 +9,10 @@ over. What ROI coding can miss, and the guard against each:
 
 - **Objects move** between the frame the boxes came from and the frames being encoded
   (a round trip later): each object is tracked from answer to answer (same class,
-  IoU), its velocity estimated, and its region covers where it was and where it is
-  predicted to be now, grown by a margin that rises with its speed and its answer's age.
+  IoU), the velocity of each side of its box estimated (so an object that comes in over
+  an edge, or nearer, grows as well as moves), and its region covers where it was and
+  where it is predicted to be now, grown by a margin that rises with its speed and its
+  answer's age.
 - **A detection flickers** (a frame or a few below the server's threshold): a tracked
   object keeps its region for ``hold_s`` after the last frame it was seen in, longer
   (half the time it has been tracked, at most ``max_hold_s``) for one seen for long,
@@ -59,17 +61,20 @@ class RoiConfig:
     max_background_qoffset: float = 0.1
     # Bands along the frame's edges, this share of its width (left, right) and height
     # (top, bottom), get edge_qoffset (0: the uniform quantiser) instead.
-    edge_band_share: float = 0.1
+    edge_band_share: float = 0.05
     edge_qoffset: float = 0.0
     # Margin on every side of an object: this share of its larger side (at least
     # min_margin_px), plus age_margin_share_per_s of that side per second of its
     # answer's age, plus motion_margin_share of the distance it moved meanwhile; the
     # growth at most max_growth_share of the side.
-    margin_share: float = 0.25
+    margin_share: float = 0.1
     min_margin_px: float = 8.0
-    age_margin_share_per_s: float = 0.5
+    age_margin_share_per_s: float = 0.25
     motion_margin_share: float = 0.5
     max_growth_share: float = 1.0
+    # Motion is extrapolated, and the age margin grows, for at most this long after an
+    # object's last frame: one held longer (a flicker) stays where it was predicted then.
+    max_extrapolation_s: float = 0.5
     # An object not seen again keeps its region for hold_s after its last frame, or for
     # hold_share_of_seen of the time it was tracked until then (that part at most
     # max_hold_s) if longer: a static object whose score hovers at the threshold.
@@ -79,7 +84,7 @@ class RoiConfig:
     # Tracking: same class and at least this IoU with the track's predicted box.
     match_iou: float = 0.3
     velocity_smoothing: float = 0.5  # weight of the newest velocity measurement
-    max_speed_share_per_s: float = 2.0  # of the frame's larger side, per second
+    max_speed_share_per_s: float = 2.0  # each side's, of the frame's larger side, per second
     # A uniform plan for refresh_frames frames every refresh_interval_s (0: never).
     refresh_interval_s: float = 2.0
     refresh_frames: int = 1
@@ -98,6 +103,8 @@ class RoiConfig:
             problems.append(f"edge_qoffset must be in [-1, 1], got {self.edge_qoffset}")
         if not 0.0 <= self.edge_band_share < 0.5:
             problems.append(f"edge_band_share must be in [0, 0.5), got {self.edge_band_share}")
+        if self.max_extrapolation_s < 0:
+            problems.append("max_extrapolation_s must be >= 0")
         if self.hold_s <= 0 or self.replan_interval_s <= 0:
             problems.append("hold_s and replan_interval_s must be positive")
         if self.hold_share_of_seen < 0:
@@ -174,7 +181,7 @@ class _Track:
     box: tuple[float, float, float, float]  # x1 y1 x2 y2 in the frame captured at ...
     captured_at: float
     first_seen: float  # captured_at of its first frame
-    velocity: tuple[float, float] = (0.0, 0.0)  # px/s of its centre
+    velocity: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # px/s, each side
 
     def expires_at(self, config: RoiConfig) -> float:
         """When its region goes if it is not seen again (its frame's capture clock)."""
@@ -184,9 +191,9 @@ class _Track:
 
     def predicted(self, at: float) -> tuple[float, float, float, float]:
         dt = at - self.captured_at
-        dx, dy = self.velocity[0] * dt, self.velocity[1] * dt
+        v = self.velocity
         x1, y1, x2, y2 = self.box
-        return x1 + dx, y1 + dy, x2 + dx, y2 + dy
+        return x1 + v[0] * dt, y1 + v[1] * dt, x2 + v[2] * dt, y2 + v[3] * dt
 
 
 def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -197,10 +204,6 @@ def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, flo
     inter = w * h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def _centre(box: tuple[float, float, float, float]) -> tuple[float, float]:
-    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
 
 class RoiPlanner:
@@ -226,8 +229,11 @@ class RoiPlanner:
         self._tracks: list[_Track] = []
         self._latest_captured_at = -math.inf
         self._planned_at = now
+        # The first refresh half an interval in: a stream's scheduled keyframes come at whole
+        # multiples of its GOP from its start (2 s in shelf-bench codec, 10 s live), and a
+        # uniform keyframe would re-spend the bits ROI saves where it saves the most.
         interval = config.refresh_interval_s
-        self._next_refresh_at = now + interval if interval > 0 else math.inf
+        self._next_refresh_at = now + interval / 2 if interval > 0 else math.inf
         self._refresh_until = -math.inf
         self.refreshes = 0  # how many refreshes began (for the summary and tests)
 
@@ -340,24 +346,22 @@ class RoiPlanner:
         config = self.config
         box = (d.x1, d.y1, d.x2, d.y2)
         dt = captured_at - track.captured_at
-        (cx0, cy0), (cx1, cy1) = _centre(track.box), _centre(box)
-        vx, vy = (cx1 - cx0) / dt, (cy1 - cy0) / dt
         a = config.velocity_smoothing
-        vx, vy = a * vx + (1 - a) * track.velocity[0], a * vy + (1 - a) * track.velocity[1]
         limit = config.max_speed_share_per_s * max(self.width_px, self.height_px)
-        speed = math.hypot(vx, vy)
-        if speed > limit:
-            vx, vy = vx * limit / speed, vy * limit / speed
+        velocity = tuple(
+            min(max(a * (new - old) / dt + (1 - a) * v, -limit), limit)
+            for new, old, v in zip(box, track.box, track.velocity, strict=True)
+        )
         track.box, track.captured_at, track.score = box, captured_at, d.score
-        track.velocity = (vx, vy)
+        track.velocity = (velocity[0], velocity[1], velocity[2], velocity[3])
 
     def _region(self, track: _Track, now: float) -> RoiRegion:
         """Where ``track`` was and is predicted to be now, grown by its margin."""
         config = self.config
-        age = max(0.0, now - track.captured_at)
-        seen, ahead = track.box, track.predicted(now)
+        age = min(max(0.0, now - track.captured_at), config.max_extrapolation_s)
+        seen, ahead = track.box, track.predicted(track.captured_at + age)
         side = max(seen[2] - seen[0], seen[3] - seen[1])
-        moved = math.hypot(ahead[0] - seen[0], ahead[1] - seen[1])
+        moved = max(abs(a - b) for a, b in zip(ahead, seen, strict=True))
         growth = config.age_margin_share_per_s * side * age + config.motion_margin_share * moved
         margin = max(config.min_margin_px, config.margin_share * side)
         margin += min(growth, config.max_growth_share * side)

@@ -24,6 +24,7 @@ PLAIN = RoiConfig(
     margin_share=0.0,
     min_margin_px=0.0,
     hold_share_of_seen=0.0,
+    max_extrapolation_s=10.0,
 )
 
 
@@ -88,6 +89,21 @@ def test_a_moving_object_is_covered_where_it_was_and_where_it_is_predicted() -> 
     assert objects(moving.plan(0.3)) == [RoiRegion(100, 90, 180, 150, -0.2)]
 
 
+def test_a_held_object_stays_where_it_was_predicted_when_its_extrapolation_ends() -> None:
+    config = replace(
+        PLAIN, velocity_smoothing=1.0, hold_s=5.0, max_extrapolation_s=0.5,
+        age_margin_share_per_s=0.5, max_growth_share=10.0,
+    )  # fmt: skip
+    roi = planner(config)
+    roi.on_result([box(100, 100, 140, 140)], captured_at=0.0, now=0.1)
+    roi.on_result([box(110, 100, 150, 140)], captured_at=0.1, now=0.2)  # 100 px/s right
+    # Then it drops out of the answers: at 0.6 s (0.5 s after its frame) it is predicted
+    # 50 px on, its margin 0.5 x 40 px x 0.5 s = 10 px; and no further later.
+    at_end = objects(roi.plan(0.6))
+    assert at_end == [RoiRegion(100, 90, 210, 150, -0.2)]
+    assert objects(roi.plan(3.0)) == at_end
+
+
 def test_velocity_is_smoothed_and_bounded() -> None:
     config = replace(PLAIN, velocity_smoothing=0.5, max_speed_share_per_s=0.25, hold_s=5.0)
     roi = planner(config)
@@ -122,6 +138,20 @@ def test_a_box_that_flickers_out_is_held_then_dropped() -> None:
     assert roi.tracked == 0 and roi.get_timer() is None
 
 
+def test_an_object_tracked_for_long_is_held_for_longer() -> None:
+    """A static object whose score hovers at the threshold: tracked 4 s, held 2 s."""
+    config = replace(PLAIN, hold_s=0.5, hold_share_of_seen=0.5, max_hold_s=1.5)
+    roi = planner(config)
+    for i in range(41):  # seen every 0.1 s from 0 to 4 s
+        roi.on_result([box(100, 100, 140, 140)], captured_at=i * 0.1, now=i * 0.1 + 0.15)
+    assert not roi.plan(5.5).uniform  # 4 s seen: held 1.5 s (the cap), not 0.5
+    assert roi.plan(5.51).uniform
+    young = planner(config)
+    young.on_result([box(100, 100, 140, 140)], captured_at=0.0, now=0.15)
+    young.on_result([box(100, 100, 140, 140)], captured_at=0.4, now=0.55)
+    assert not young.plan(0.9).uniform and young.plan(0.91).uniform  # 0.2 < hold_s
+
+
 def test_stale_answers_make_the_plan_uniform_again() -> None:
     roi = planner(replace(PLAIN, hold_s=1.0, replan_interval_s=0.5))
     for i in range(5):
@@ -146,17 +176,29 @@ def test_while_objects_are_tracked_the_plan_is_made_again_as_they_age() -> None:
 
 def test_a_periodic_refresh_codes_one_frame_uniformly() -> None:
     roi = planner(replace(PLAIN, refresh_interval_s=2.0, refresh_frames=1, hold_s=10.0))
-    assert roi.get_timer() == pytest.approx(2.0)  # due even with nothing tracked
-    roi.on_result([box(100, 100, 140, 140)], captured_at=1.8, now=1.9)
-    assert not roi.plan(1.95).uniform
-    roi.handle_timer(2.0)
+    # Half an interval in, then every interval: between keyframes every 2 s (or 10 s).
+    assert roi.get_timer() == pytest.approx(1.0)  # due even with nothing tracked
+    roi.on_result([box(100, 100, 140, 140)], captured_at=0.8, now=0.9)
+    assert not roi.plan(0.95).uniform
+    roi.handle_timer(1.0)
     assert roi.refreshes == 1
-    assert roi.plan(2.0).uniform and roi.plan(2.05).uniform  # one frame: 0.1 s
-    assert not roi.plan(2.1).uniform
-    assert roi.get_timer() == pytest.approx(2.0 + FRAME_S)
-    roi.handle_timer(2.1)
-    assert not roi.plan(2.1).uniform
-    assert 2.1 < (roi.get_timer() or 0) <= 4.0  # the next one: 4.0 (re-plans before it)
+    assert roi.plan(1.0).uniform and roi.plan(1.05).uniform  # one frame: 0.1 s
+    assert not roi.plan(1.1).uniform
+    assert roi.get_timer() == pytest.approx(1.0 + FRAME_S)
+    roi.handle_timer(1.1)
+    assert not roi.plan(1.1).uniform
+    assert 1.1 < (roi.get_timer() or 0) <= 3.0  # the next one at 3.0 (re-plans before)
+    roi.handle_timer(3.0)
+    assert roi.refreshes == 2 and roi.plan(3.0).uniform
+
+
+def test_an_object_coming_in_over_an_edge_is_covered_as_it_grows() -> None:
+    """Each side has its own velocity: a person rising into view from the bottom edge."""
+    roi = planner(replace(PLAIN, velocity_smoothing=1.0, hold_s=5.0))
+    roi.on_result([box(100, 300, 160, H)], captured_at=0.0, now=0.1)
+    roi.on_result([box(100, 280, 160, H)], captured_at=0.1, now=0.2)  # top: -200 px/s
+    # At 0.3 s: the top predicted 40 px higher, the other sides where they were.
+    assert objects(roi.plan(0.3)) == [RoiRegion(100, 240, 160, H, -0.2)]
 
 
 def test_the_edges_where_objects_enter_keep_the_uniform_quantiser() -> None:
