@@ -206,15 +206,15 @@ class PyAVEncoder(Encoder):
         self._force_keyframe = False
         self._pix_fmt = input_format(encoder_name)
         self._tagger: roi.RegionTagger | None = None
-        if config.roi and roi.takes_regions(encoder_name):
-            self._tagger = roi.RegionTagger(config.width, config.height, self._pix_fmt)
-        elif config.roi:
-            roi.say_unsupported_once(encoder_name)
         try:
             self._ctx: av.VideoCodecContext | None = self._open(config)
         except CodecError as exc:
             # At construction this is a bad option or an unusable encoder: a user error.
             raise ConfigError(f"cannot open encoder {encoder_name!r}: {exc}") from exc
+        if config.roi and roi.takes_regions(encoder_name):
+            self._tagger = roi.RegionTagger(config.width, config.height, self._pix_fmt)
+        elif config.roi:  # said once the encoder opened (not for each one --encoder auto tries)
+            roi.say_unsupported_once(encoder_name)
 
     def _open(self, config: EncoderConfig) -> av.VideoCodecContext:
         try:
