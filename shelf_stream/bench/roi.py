@@ -1,8 +1,9 @@
 """``shelf-bench codec --roi``: detection-guided ROI coding against uniform coding.
 
 Each input is replayed twice per video codec, size and ``--bitrates`` target, with the
-client's encoder at the live settings (``bench.codec``): **uniform** (the encoder as it
-ships, ``--roi off``) and **ROI** (``EncoderConfig.roi`` and the client's own
+client's encoder at the live settings (``bench.codec``; one encoder thread, so that
+reruns are bit-exact: ``REPLAY_THREADS``): **uniform** (the encoder as it ships,
+``--roi off``) and **ROI** (``EncoderConfig.roi`` and the client's own
 ``client.roi.RoiPlanner``). In the ROI run the planner gets, before frame ``m`` is
 encoded, the detector's boxes (at the server's score threshold) on the *decoded* frames
 up to ``m - delay``, each at the time the frame was captured, exactly as the live client
@@ -51,6 +52,11 @@ from shelf_stream.engine.base import Detections, Detector
 #: The round trip the default delay stands for.
 DEFAULT_ROUND_TRIP_S = 0.15
 F1_TARGETS = (0.95, 0.97)
+#: Encoder threads in both replays. Threaded libx264/libx265 are not bit-exact from run to
+#: run (``benchmarks/README.md``: H.264 at 400 kbit/s twice in one process gave F1 0.980
+#: and 0.967), which is as large as what is measured here; one thread repeats exactly,
+#: so a difference between the two codings is the coding's, not the threads' timing.
+REPLAY_THREADS = 1
 #: New-object tracks: linked at this IoU, across gaps of up to this long.
 TRACK_IOU = 0.3
 TRACK_GAP_S = 0.5
@@ -189,7 +195,11 @@ def replay(
     frames = clip.at(size)
     native_w, native_h = clip.size
     sx, sy = native_w / size[0], native_h / size[1]
-    config = replace(codec_bench._encoder_config(key, size, clip.fps), roi=roi is not None)
+    config = replace(
+        codec_bench._encoder_config(key, size, clip.fps),
+        roi=roi is not None,
+        threads=REPLAY_THREADS,
+    )
     encoder = get_encoder(config)
     decoder = get_decoder(key.codec)
     dt = 1.0 / clip.fps
