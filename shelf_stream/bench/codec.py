@@ -351,22 +351,33 @@ class PointStats:
     predictions: list[Detections] = field(default_factory=list)  # in the input's pixels
 
 
-def _encoder_config(key: PointKey, size: tuple[int, int], fps: float) -> EncoderConfig:
+#: Threads of the quality points' encoders. With one, a point repeats bit for bit; threaded
+#: x264/x265 do not, and on the car clip (75 headline boxes, several near the threshold)
+#: that noise alone made F1 fall by up to 0.027 from one bitrate to the next, where one
+#: thread gave none (native size, this project's runs). The encoder sweep times the
+#: client's threaded encoder; these points' ``encode_ms`` are one thread's.
+DEFAULT_ENCODER_THREADS = 1
+
+
+def _encoder_config(
+    key: PointKey, size: tuple[int, int], fps: float, threads: int = DEFAULT_ENCODER_THREADS
+) -> EncoderConfig:
     width, height = size
     if key.codec == JPEG:
         return EncoderConfig(
             codec=JPEG, width=width, height=height, fps=fps, jpeg_quality=key.setting
         )
     return EncoderConfig(
-        codec=key.codec, width=width, height=height, fps=fps, bitrate_kbps=key.setting
-    )
+        codec=key.codec, width=width, height=height, fps=fps, bitrate_kbps=key.setting,
+        threads=threads,
+    )  # fmt: skip
 
 
 def _encode_all(
-    key: PointKey, frames: Sequence[av.VideoFrame], fps: float
+    key: PointKey, frames: Sequence[av.VideoFrame], fps: float, threads: int
 ) -> tuple[list[bytes], list[float]]:
     size = (frames[0].width, frames[0].height)
-    encoder = get_encoder(_encoder_config(key, size, fps))
+    encoder = get_encoder(_encoder_config(key, size, fps, threads))
     data, times = [], []
     try:
         for index, frame in enumerate(frames):
@@ -405,6 +416,7 @@ def run_point(
     detector: Detector,
     pristine_detections: dict[int, Detections],
     size: tuple[int, int],
+    encoder_threads: int = DEFAULT_ENCODER_THREADS,
 ) -> PointStats:
     """Encode, decode and measure every frame of ``clip`` at one operating point.
 
@@ -414,7 +426,7 @@ def run_point(
     """
     stats = PointStats(key=key, size=size, seconds=clip.seconds)
     inputs = clip.bgr if key.codec == JPEG else clip.at(size)
-    data, stats.encode_ms = _encode_all(key, inputs, clip.fps)
+    data, stats.encode_ms = _encode_all(key, inputs, clip.fps, encoder_threads)
     native_w, native_h = clip.size
     sx, sy = native_w / size[0], native_h / size[1]
     decoder = get_decoder(key.codec)
@@ -913,6 +925,11 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="detection figures on every K-th frame (default 1: every frame)",
     )  # fmt: skip
     parser.add_argument(
+        "--encoder-threads", type=int, default=DEFAULT_ENCODER_THREADS, metavar="N",
+        help="threads of the H.265/H.264 encoders at each point (default 1: every point "
+        "repeats bit for bit; 0: as many as the encoder wants, as the client runs it)",
+    )  # fmt: skip
+    parser.add_argument(
         "--encoder-sweep", action=argparse.BooleanOptionalAction, default=True,
         help="also time x265 presets and threads alone and beside a busy detector, on the "
         "first input (default: on)",
@@ -1002,7 +1019,7 @@ def _measure_clip(
     for key in _operating_points(args):
         progress.show(f"{clip.name}: {_setting_label(key)}")
         size = key.size.resolve(clip.size, detector.input_size)
-        stats[key] = run_point(key, clip, detector, truth, size)
+        stats[key] = run_point(key, clip, detector, truth, size, args.encoder_threads)
         progress.advance(f"{clip.name}: {_setting_label(key)}")
     bgr_arrays = [frame.to_ndarray() for frame in clip.bgr]
     zlib_samples = {

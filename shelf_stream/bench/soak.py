@@ -118,6 +118,8 @@ def sample_process(pid: int, t_s: float) -> ProcessSample | None:
         threads = int(fields["Threads"])
     except (KeyError, ValueError):
         return None
+    if rss_kb == 0:
+        return None  # caught between fork and exec: not the program yet
     return ProcessSample(t_s, rss_kb / 1024, threads, fds)
 
 

@@ -101,6 +101,7 @@ def test_parser_defaults() -> None:
     assert args.jpeg_qualities == list(bench.DEFAULT_JPEG_QUALITIES)
     assert SEED_Q in args.jpeg_qualities
     assert args.encoder_sweep is True
+    assert args.encoder_threads == 1, "points that repeat bit for bit"
     assert args.out == Path("bench-out/codec")
     assert parse(["--size", "native", "model", "--no-encoder-sweep"]).size == [
         NATIVE, SizeSpec(SizeKind.MODEL),
@@ -108,6 +109,16 @@ def test_parser_defaults() -> None:
 
 
 SEED_Q = bench.SEED_JPEG_QUALITY
+
+
+@pytest.mark.parametrize("codec", ["hevc", "h264"])
+def test_a_point_with_one_encoder_thread_repeats_bit_for_bit(codec: str) -> None:
+    with av.open(str(BOTTLES_CLIP)) as container:
+        frames = [f.reformat(format="yuv420p") for f in container.decode(video=0)]
+    key = bench.PointKey(codec, 200, NATIVE)
+    first, _ = bench._encode_all(key, frames, 15.0, threads=1)
+    second, _ = bench._encode_all(key, frames, 15.0, threads=1)
+    assert first == second
 
 
 def test_reference_quality_is_the_seeds_95_when_measured() -> None:
