@@ -1,8 +1,8 @@
 """``shelf-bench codec --roi``: detection-guided ROI coding against uniform coding.
 
 Each input is replayed twice per video codec, size and ``--bitrates`` target, with the
-client's encoder at the live settings (``bench.codec``; one encoder thread, so that
-reruns are bit-exact: ``REPLAY_THREADS``): **uniform** (the encoder as it ships,
+client's encoder at the live settings (``bench.codec``; ``--encoder-threads``, default
+one, so that reruns are bit-exact): **uniform** (the encoder as it ships,
 ``--roi off``) and **ROI** (``EncoderConfig.roi`` and the client's own
 ``client.roi.RoiPlanner``). In the ROI run the planner gets, before frame ``m`` is
 encoded, the detector's boxes (at the server's score threshold) on the *decoded* frames
@@ -52,11 +52,6 @@ from shelf_stream.engine.base import Detections, Detector
 #: The round trip the default delay stands for.
 DEFAULT_ROUND_TRIP_S = 0.15
 F1_TARGETS = (0.95, 0.97)
-#: Encoder threads in both replays. Threaded libx264/libx265 are not bit-exact from run to
-#: run (``benchmarks/README.md``: H.264 at 400 kbit/s twice in one process gave F1 0.980
-#: and 0.967), which is as large as what is measured here; one thread repeats exactly,
-#: so a difference between the two codings is the coding's, not the threads' timing.
-REPLAY_THREADS = 1
 #: New-object tracks: linked at this IoU, across gaps of up to this long.
 TRACK_IOU = 0.3
 TRACK_GAP_S = 0.5
@@ -182,11 +177,14 @@ def replay(
     delay: int,
     score_threshold: float,
     new_boxes: dict[int, list[int]],
+    threads: int = codec_bench.DEFAULT_ENCODER_THREADS,
 ) -> RoiPointStats:
     """Encode, decode and detect every frame of ``clip`` once, live-like.
 
     ``roi`` None is the uniform run; else the planner steers the encoder with the
-    detections on the decoded frames ``delay`` frames back.
+    detections on the decoded frames ``delay`` frames back. ``threads``: the encoder's
+    (one, the default, repeats bit for bit, so a difference between the two codings is
+    the coding's and not the threads' timing).
     """
     stats = RoiPointStats(
         codec_bench.PointStats(key=key, size=size, seconds=clip.seconds), roi is not None
@@ -195,11 +193,7 @@ def replay(
     frames = clip.at(size)
     native_w, native_h = clip.size
     sx, sy = native_w / size[0], native_h / size[1]
-    config = replace(
-        codec_bench._encoder_config(key, size, clip.fps),
-        roi=roi is not None,
-        threads=REPLAY_THREADS,
-    )
+    config = replace(codec_bench._encoder_config(key, size, clip.fps, threads), roi=roi is not None)
     encoder = get_encoder(config)
     decoder = get_decoder(key.codec)
     dt = 1.0 / clip.fps
@@ -444,7 +438,8 @@ def run_roi_bench(
                     progress.show(label)
                     runs.append(
                         replay(key, clip, detector, truth, size, roi=plan, delay=delay,
-                               score_threshold=args.score_threshold, new_boxes=fresh)
+                               score_threshold=args.score_threshold, new_boxes=fresh,
+                               threads=args.encoder_threads)
                     )  # fmt: skip
                     progress.advance(label)
             per_clip.append(runs)
@@ -474,6 +469,7 @@ def run_roi_bench(
         ],
         "roi_config": dataclasses.asdict(config),
         "score_threshold": args.score_threshold,
+        "encoder_threads": args.encoder_threads,
         "encoders": codec_bench._encoders_used(clips),
         **block(per_clip),
         "per_input": [

@@ -115,6 +115,7 @@ def test_a_short_replay_of_a_person_coming_in_reports_both_codings(
     summary = run_codec_bench(args, print_fn=lambda _: None)
     assert json.loads(out.read_text())["summary"]["roi"] == summary["roi"]
     assert summary["mode"] == "roi"
+    assert summary["encoder_threads"] == 1  # both codings repeat bit for bit
     assert summary["inputs"][0]["frames"] == 40
     assert summary["inputs"][0]["delay_frames"] == 2  # 150 ms at 10 fps
     points = summary["points"]
