@@ -166,6 +166,19 @@ def _inside_mask(truth: Detections, width: int, height: int) -> np.ndarray:
     return mask
 
 
+def box_share(truth: dict[int, Detections], size: tuple[int, int]) -> float:
+    """The share of the picture inside the ground-truth boxes, over all frames.
+
+    What ROI coding has to spend on: where the boxes cover most of the picture, the rest
+    has too few bits to give.
+    """
+    if not truth:
+        return 0.0
+    width, height = size
+    inside = sum(int(_inside_mask(t, width, height).sum()) for t in truth.values())
+    return inside / (len(truth) * width * height)
+
+
 def replay(
     key: codec_bench.PointKey,
     clip: codec_bench.Clip,
@@ -414,6 +427,7 @@ def run_roi_bench(
     ]
     progress = codec_bench.ProgressBar(len(inputs) * (2 * len(keys) + 1))
     per_clip: list[list[RoiPointStats]] = []
+    box_shares: list[float] = []
     clips = []
     try:
         for path in inputs:
@@ -443,6 +457,7 @@ def run_roi_bench(
                     )  # fmt: skip
                     progress.advance(label)
             per_clip.append(runs)
+            box_shares.append(box_share(truth, clip.size))
     finally:
         progress.close()
         detector.close()
@@ -464,8 +479,9 @@ def run_roi_bench(
                 "fps": c.fps,
                 "size": codec_bench.size_text(c.size),
                 "delay_frames": delay_frames(c.fps, args.roi_delay_frames),
+                "box_share": share,
             }
-            for c in clips
+            for c, share in zip(clips, box_shares, strict=True)
         ],
         "roi_config": dataclasses.asdict(config),
         "score_threshold": args.score_threshold,
@@ -487,7 +503,7 @@ def run_roi_bench(
 def format_report(summary: dict[str, Any]) -> str:
     inputs = ", ".join(
         f"{i['name']} ({i['size']}, {i['frames']} frames @ {i['fps']:g} fps, answers "
-        f"{i['delay_frames']} frames late)"
+        f"{i['delay_frames']} frames late; the boxes cover {i['box_share']:.0%} of the picture)"
         for i in summary["inputs"]
     )
     cfg = summary["roi_config"]

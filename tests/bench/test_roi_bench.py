@@ -74,6 +74,18 @@ def point(roi: bool, kbps: float, f1: float, recall: float, inside: float) -> di
     }  # fmt: skip
 
 
+def test_box_share_is_the_picture_inside_the_boxes_over_all_frames() -> None:
+    two = Detections(
+        boxes=np.array([[0, 0, 10, 10], [5, 0, 15, 10]], dtype=np.float32),  # overlapping
+        scores=np.array([0.9, 0.9], dtype=np.float32),
+        class_ids=np.array([0, 1], dtype=np.int32),
+    )
+    none = Detections.empty()
+    # 15 x 10 of 20 x 10 in one frame, none in the other.
+    assert roi_bench.box_share({0: two, 1: none}, (20, 10)) == pytest.approx(0.375)
+    assert roi_bench.box_share({}, (20, 10)) == 0.0
+
+
 def test_readings_are_the_rates_at_equal_f1_and_what_each_curve_has_there() -> None:
     points = [
         point(False, 100, 0.90, 0.80, 35.0),
@@ -118,6 +130,7 @@ def test_a_short_replay_of_a_person_coming_in_reports_both_codings(
     assert summary["encoder_threads"] == 1  # both codings repeat bit for bit
     assert summary["inputs"][0]["frames"] == 40
     assert summary["inputs"][0]["delay_frames"] == 2  # 150 ms at 10 fps
+    assert 0.0 < summary["inputs"][0]["box_share"] < 0.5  # a person and a tv, mostly wall
     points = summary["points"]
     assert [(q["codec"], q["roi"]) for q in points] == [
         ("hevc", False), ("hevc", True), ("h264", False), ("h264", True),
