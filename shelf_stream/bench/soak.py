@@ -119,7 +119,7 @@ def sample_process(pid: int, t_s: float) -> ProcessSample | None:
     except (KeyError, ValueError):
         return None
     if rss_kb == 0:
-        return None  # caught between fork and exec: not the program yet
+        return None  # caught between fork and exec, or a kernel thread
     return ProcessSample(t_s, rss_kb / 1024, threads, fds)
 
 
@@ -199,7 +199,9 @@ def _watch(
 ) -> None:
     """Sample until every client ended (or its time is well past)."""
     give_up = started + args.duration + 60.0
-    next_sample = started
+    # Not at once: a process sampled the instant after exec is the loader's first pages
+    # (RSS 0.0 MB, 1 thread), not the program.
+    next_sample = started + args.sample_period
     next_progress = started + max(30.0, args.sample_period)
     while time.monotonic() < give_up:
         now = time.monotonic()
