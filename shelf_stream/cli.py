@@ -108,6 +108,18 @@ def _add_stream_options(parser: argparse.ArgumentParser, *, default_duration: fl
     )
     group.add_argument("--preset", help="encoder preset (default: superfast)")
     group.add_argument(
+        "--roi", choices=["off", "on"], default=None,
+        help="detection-guided regions of interest: finer quantisation where the server's "
+        "boxes are, a bounded penalty on the background (default: "
+        f"{_roi_default()})",
+    )  # fmt: skip
+    group.add_argument(
+        "--roi-strength", type=_roi_strength, metavar="S",
+        help="ROI quantiser offset for the objects, 0-1 (FFmpeg qoffset; x264/x265: x51 QP); "
+        f"the background gets half, at most {_roi_background_cap():g} (default "
+        f"{_roi_strength_default():g})",
+    )  # fmt: skip
+    group.add_argument(
         "--duration", type=_positive_float, default=default_duration, help="seconds to stream"
     )
     group.add_argument("--frames", type=_positive_int, help="stop after this many captured frames")
@@ -115,6 +127,44 @@ def _add_stream_options(parser: argparse.ArgumentParser, *, default_duration: fl
     group.add_argument("--save", type=Path, help="write an annotated MP4 here")
     group.add_argument("--json", type=Path, help="write the final summary as JSON here")
     group.add_argument("--no-status", action="store_true", help="no live status line")
+
+
+def _roi_default() -> str:
+    from shelf_stream.client.roi import RoiConfig
+
+    return "on" if RoiConfig().enabled else "off"
+
+
+def _roi_strength_default() -> float:
+    from shelf_stream.client.roi import RoiConfig
+
+    return RoiConfig().strength
+
+
+def _roi_background_cap() -> float:
+    from shelf_stream.client.roi import RoiConfig
+
+    return RoiConfig().max_background_qoffset
+
+
+def _roi_strength(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
+    return value
+
+
+def _roi_config(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from shelf_stream.client.roi import RoiConfig
+
+    config = RoiConfig()
+    if args.roi is not None:
+        config = replace(config, enabled=args.roi == "on")
+    if args.roi_strength is not None:
+        config = replace(config, strength=args.roi_strength)
+    return config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +314,7 @@ def _client_config(args: argparse.Namespace, url: str, source: Any, token: str |
         reencode=getattr(args, "reencode", False),
         cafile=getattr(args, "cafile", None),
         connection=ConnectionConfig(reconnect=reconnect),
+        roi=_roi_config(args),
     )
 
 

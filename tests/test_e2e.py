@@ -17,6 +17,7 @@ from shelf_stream.bench.loopback import free_port, wait_for_port
 from shelf_stream.client.app import ClientConfig, StreamClient
 from shelf_stream.client.drawing import PALETTE
 from shelf_stream.client.matcher import FrameRecord, Outcome
+from shelf_stream.client.roi import RoiConfig
 from shelf_stream.client.sources import SourceSpec
 from shelf_stream.engine import EngineConfig, create_detector
 from shelf_stream.server import Server, ServerConfig
@@ -72,6 +73,36 @@ def test_scene_stream_through_server_and_client(model_path: Path) -> None:
         assert record.latency_ms is not None and record.latency_ms > 0
         for d in record.detections:
             assert 0 <= d.x1 < d.x2 <= 320 and 0 <= d.y1 < d.y2 <= 240
+
+
+def test_roi_stream_steers_the_encoder_with_the_answers(model_path: Path) -> None:
+    """--roi on through a real server: the answers' boxes become plans for the encoder
+    (SetRegions) while every pts still ends as one record."""
+    records: list[FrameRecord] = []
+
+    async def run() -> dict:
+        detector = create_detector(EngineConfig(model_path=model_path))
+        try:
+            async with Server(ServerConfig(host="127.0.0.1", port=0), detector) as server:
+                config = ClientConfig(
+                    url=f"ws://127.0.0.1:{server.port}",
+                    source=SourceSpec(kind="scene", width=320, height=240, fps=15.0),
+                    fps=15.0,
+                    bitrate_kbps=300,
+                    max_frames=45,
+                    status=False,
+                    roi=RoiConfig(enabled=True),
+                )
+                return await StreamClient(config, on_record=records.append).run()
+        finally:
+            detector.close()
+
+    summary = asyncio.run(run())
+    assert len({r.pts for r in records}) == len(records) == 45
+    assert summary["roi"]["enabled"]
+    assert summary["roi"]["plans_sent"] >= 2  # objects found, and plans followed them
+    results = [r for r in records if r.status is Outcome.RESULT]
+    assert len(results) >= 20 and any(r.detections for r in results)
 
 
 def _write_still_clip(path: Path, image_rgb: np.ndarray, frames: int, fps: int = 15) -> None:

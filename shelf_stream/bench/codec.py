@@ -66,6 +66,11 @@ DEFAULT_FRAMES = 90
 #: 640x360 shelf clip, 0.764 on the 768x432 people clip) to where the output stops
 #: growing (the people clip needed only 1.8 Mbit/s of a 3.2 Mbit/s target).
 DEFAULT_BITRATES_KBPS = (50, 100, 200, 400, 800, 1600, 3200)
+#: With --roi (``bench.roi``): lower too, because the readings need both curves to cross
+#: the targets and H.265 keeps F1 0.95 down to 30 kbit/s on the shelf clip (the encoders
+#: floor there at about 20-25 kbit/s whatever the target), and up to 3200, because on the
+#: first 90 frames of the people clip uniform H.265 was still below F1 0.97 at 1600.
+DEFAULT_ROI_BITRATES_KBPS = (12, 25, 50, 100, 200, 400, 800, 1600, 3200)
 DEFAULT_JPEG_QUALITIES = (30, 50, 70, 80, 90, 95)
 #: The seed called ``cv2.imencode('.jpg', frame)`` bare, i.e. at OpenCV's default 95.
 SEED_JPEG_QUALITY = 95
@@ -895,10 +900,10 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"frames per input (default {DEFAULT_FRAMES})",
     )  # fmt: skip
     parser.add_argument(
-        "--bitrates", type=_positive_int, nargs="+", default=list(DEFAULT_BITRATES_KBPS),
-        metavar="KBPS",
+        "--bitrates", type=_positive_int, nargs="+", metavar="KBPS",
         help="H.265/H.264 targets in kbit/s (default "
-        + " ".join(map(str, DEFAULT_BITRATES_KBPS)) + ")",
+        + " ".join(map(str, DEFAULT_BITRATES_KBPS)) + "; with --roi "
+        + " ".join(map(str, DEFAULT_ROI_BITRATES_KBPS)) + ")",
     )  # fmt: skip
     parser.add_argument(
         "--jpeg-qualities", type=_quality_arg, nargs="+", default=list(DEFAULT_JPEG_QUALITIES),
@@ -943,7 +948,40 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", type=Path, metavar="FILE", help="also write {'summary': ...} as JSON here"
     )
+    roi = parser.add_argument_group(
+        "regions of interest (--roi: uniform against detection-guided ROI coding instead)"
+    )
+    roi.add_argument(
+        "--roi", action="store_true",
+        help="replay each input twice per codec and bitrate, uniform and with the client's "
+        "ROI planner fed the detections on earlier decoded frames; report bytes at equal "
+        "F1, new objects' first-second recall, PSNR in and out of the boxes (JPEG+zlib and "
+        "the encoder sweep are not run)",
+    )  # fmt: skip
+    roi.add_argument(
+        "--roi-delay-frames", type=_non_negative_int, metavar="N",
+        help="frames between a frame and the first one its answer steers (default: what a "
+        "150 ms round trip covers at the input's rate)",
+    )  # fmt: skip
+    roi.add_argument(
+        "--roi-strength", type=float, metavar="S",
+        help="the planner's strength (as shelf-stream send --roi-strength)",
+    )  # fmt: skip
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
+
+
+def bitrates(args: argparse.Namespace) -> list[int]:
+    """The targets asked for, else the defaults of the mode (``--roi`` or not)."""
+    if args.bitrates:
+        return sorted(set(args.bitrates))
+    return list(DEFAULT_ROI_BITRATES_KBPS if getattr(args, "roi", False) else DEFAULT_BITRATES_KBPS)
 
 
 def _create_detector(model_path: Path, args: argparse.Namespace) -> Detector:
@@ -960,7 +998,7 @@ def _operating_points(args: argparse.Namespace) -> list[PointKey]:
         PointKey(codec, kbps, size)
         for codec in VIDEO_CODEC_NAMES
         for size in sizes
-        for kbps in sorted(set(args.bitrates))
+        for kbps in bitrates(args)
     ]
     return video + [PointKey(JPEG, q, NATIVE) for q in sorted(set(args.jpeg_qualities))]
 
@@ -1002,8 +1040,8 @@ def _sweep(
 
     size = args.size[0].resolve(clip.size, model_input)
     frames = clip.at(size)
-    bitrates = sorted(set(args.bitrates))
-    kbps = bitrates[len(bitrates) // 2]
+    targets = bitrates(args)
+    kbps = targets[len(targets) // 2]
     threads = default_inference_threads()  # the server's default
     with encoder_sweep.BusyInference(model_path, clip.bgr[0].to_ndarray(), threads) as busy:
         sweep = encoder_sweep.run_sweep(
@@ -1041,6 +1079,10 @@ def run_codec_bench(
     """Run ``shelf-bench codec``: print the report, write CSV/plots/JSON, return the summary."""
     from shelf_stream.engine.models import resolve_model
 
+    if getattr(args, "roi", False):
+        from shelf_stream.bench.roi import run_roi_bench
+
+        return run_roi_bench(args, print_fn=print_fn)
     started = time.monotonic()
     inputs: list[Path | None] = list(args.input) if args.input else [None]
     model_path = resolve_model(args.model)

@@ -60,6 +60,25 @@ def rate_at(target: float, kbps: Sequence[float], values: Sequence[float | None]
     return Reading(None, Outside.ABOVE, pairs[-1][0])
 
 
+def value_at(kbps: float, rates: Sequence[float], values: Sequence[float | None]) -> float | None:
+    """``values`` read at ``kbps``, interpolated linearly in log(kbit/s) between the two
+    measured points around it, never extrapolated (None outside, or without values)."""
+    pairs = sorted(
+        (k, v)
+        for k, v in zip(rates, values, strict=True)
+        if v is not None and math.isfinite(v) and k > 0
+    )
+    if not pairs or not pairs[0][0] <= kbps <= pairs[-1][0] or kbps <= 0:
+        return None
+    for (k0, v0), (k1, v1) in itertools.pairwise([pairs[0], *pairs]):
+        if k1 == kbps:
+            return v1
+        if k0 < kbps < k1:
+            share = (math.log(kbps) - math.log(k0)) / (math.log(k1) - math.log(k0))
+            return v0 + share * (v1 - v0)
+    return None
+
+
 # --------------------------------------------------------------------------- ratios
 
 

@@ -82,16 +82,38 @@ def greedy_hits(
     """
     predicted = np.asarray(predicted_boxes, dtype=np.float64).reshape(-1, 4)
     hits = np.zeros(len(predicted), dtype=bool)
+    for index, _ in greedy_pairs(truth_boxes, predicted, iou_threshold):
+        hits[index] = True
+    return hits
+
+
+def matched_truth(
+    truth_boxes: npt.ArrayLike, predicted_boxes: npt.ArrayLike, iou_threshold: float
+) -> npt.NDArray[np.bool_]:
+    """Which truth boxes a prediction matched, by the same rule as ``greedy_hits``."""
+    truth = np.asarray(truth_boxes, dtype=np.float64).reshape(-1, 4)
+    found = np.zeros(len(truth), dtype=bool)
+    for _, truth_index in greedy_pairs(truth, predicted_boxes, iou_threshold):
+        found[truth_index] = True
+    return found
+
+
+def greedy_pairs(
+    truth_boxes: npt.ArrayLike, predicted_boxes: npt.ArrayLike, iou_threshold: float
+) -> list[tuple[int, int]]:
+    """(prediction, truth box) index pairs matched by the rule ``greedy_hits`` describes."""
+    predicted = np.asarray(predicted_boxes, dtype=np.float64).reshape(-1, 4)
     truth = np.asarray(truth_boxes, dtype=np.float64).reshape(-1, 4)
     if len(truth) == 0 or len(predicted) == 0:
-        return hits
+        return []
     overlaps = box_iou(predicted, truth)
+    pairs = []
     for index in range(len(predicted)):
         best = int(np.argmax(overlaps[index]))
         if overlaps[index, best] >= iou_threshold:
-            hits[index] = True
+            pairs.append((index, best))
             overlaps[:, best] = -1.0  # taken: no later prediction can match it
-    return hits
+    return pairs
 
 
 def _ranked(detections: Detections, class_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,12 +11,20 @@ For each it reports achieved vs offered FPS, frames skipped, capture→result la
 percentiles, bytes per frame, link utilisation, and the physical floor of that link:
 one-way delay out and back + the frame's serialisation time + encode, decode and
 inference compute, so the overhead above the floor is visible.
+
+``--roi`` compares instead, over the same links, the H.265 stream coded uniformly and
+with detection-guided regions of interest (``client.roi``), both at the same fixed
+``--bitrate`` (no probe, no adaptation, so that the bytes compare): bytes per frame,
+latency, and F1 of the server's answers against the detector's boxes on the pristine
+frames (``--input``: each answered pts mapped back to its frame of the file, scaled to
+``--size`` as the encoder scales it; the detector given it as the server is).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +40,9 @@ from shelf_stream.client.matcher import FrameRecord
 from shelf_stream.client.sources import SourceSpec
 
 DEFAULT_LINK = "35:10"  # the seed's situation: 35 ms RTT, 10 Mbit/s
+DEFAULT_ROI_BITRATE_KBPS = 200
+#: The server's default score threshold: what the answers and the pristine truth keep.
+DEFAULT_GT_SCORE_THRESHOLD = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +89,13 @@ def add_e2e_parser(subparsers: Any) -> None:
         "--out", type=Path, default=Path("bench-out/e2e"), help="where the timeline PNG goes"
     )
     parser.add_argument(
+        "--roi",
+        action="store_true",
+        help="H.265 uniform against H.265 with regions of interest, at the same fixed "
+        f"--bitrate (default {DEFAULT_ROI_BITRATE_KBPS}): bytes per frame, latency, F1 "
+        "against the pristine frames (needs --input)",
+    )
+    parser.add_argument(
         "--codec",
         choices=sorted(_CODEC_NAMES),
         default="hevc",
@@ -87,6 +105,8 @@ def add_e2e_parser(subparsers: Any) -> None:
 
 
 def run_e2e_bench(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "roi", False):
+        return run_roi_bench(args)
     if args.link_schedule:
         return run_scheduled_bench(args)
     width, height = args.size
@@ -138,10 +158,15 @@ def _client_config(
 
 
 async def _run_through_link(
-    server_port: int, link: LinkConfig, config: ClientConfig
+    server_port: int,
+    link: LinkConfig,
+    config: ClientConfig,
+    on_record: Callable[[FrameRecord], None] | None = None,
 ) -> dict[str, Any]:
     async with LinkRelay("127.0.0.1", server_port, link) as relay:
-        client = StreamClient(replace(config, url=f"ws://127.0.0.1:{relay.port}"))
+        client = StreamClient(
+            replace(config, url=f"ws://127.0.0.1:{relay.port}"), on_record=on_record
+        )
         summary = await client.run()
         summary["link_utilisation"] = round(relay.uplink.utilisation(), 3)
         return summary
@@ -340,4 +365,148 @@ def format_schedule_report(figures: dict[str, Any], png: Path, codec_name: str =
         f"{figures['too_old_drops']}; results {figures['results']} of {figures['frames']} frames"
     )
     lines.append(f"  timeline: {png}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- --roi
+
+
+def run_roi_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Uniform against ROI H.265 over each link, same fixed bitrate: bytes, latency, F1."""
+    from shelf_stream.client.roi import RoiConfig
+    from shelf_stream.errors import ConfigError
+
+    if args.input is None:
+        raise ConfigError("shelf-bench e2e --roi needs --input: F1 needs the pristine frames")
+    width, height = args.size
+    links: list[LinkConfig] = args.link or [parse_link(DEFAULT_LINK)]
+    bitrate = args.bitrate or DEFAULT_ROI_BITRATE_KBPS
+    truth = _PristineTruth(args.input, width, height, args.model)
+    port = free_port()
+    server = start_server(port, args.model, ["--codecs", "hevc"])
+    runs = []
+    try:
+        for link in links:
+            results = {}
+            for name, enabled in (("uniform", False), ("roi", True)):
+                _progress(f"H.265 {name} at {bitrate} kbit/s over {link} for {args.duration:g} s")
+                config = replace(
+                    _client_config(args, Contender("hevc", "hevc", None, bitrate), width, height),
+                    probe=False,
+                    adaptation=AdaptationConfig(enabled=False),
+                    roi=replace(RoiConfig(), enabled=enabled),
+                )
+                records: list[FrameRecord] = []
+                summary = asyncio.run(_run_through_link(port, link, config, records.append))
+                results[name] = _roi_block(link, args.fps, summary, truth.score(records))
+            runs.append({"link": _link_json(link), "bitrate_kbps": bitrate, **results,
+                         "bytes_ratio": _ratio(results["uniform"]["bytes_per_frame"],
+                                               results["roi"]["bytes_per_frame"])})  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+        truth.close()
+    return publish(format_roi_report(runs), {"summary": runs[0], "links": runs}, args.json)
+
+
+def _link_json(link: LinkConfig) -> dict[str, float]:
+    return {"rtt_ms": link.rtt_ms, "mbit_per_s": link.mbit_per_s, "jitter_ms": link.jitter_ms}
+
+
+def _roi_block(
+    link: LinkConfig, fps: float, summary: dict[str, Any], agreement: dict[str, Any]
+) -> dict[str, Any]:
+    block = _block(link, fps, summary)
+    return block | agreement | {"roi": summary.get("roi")}
+
+
+class _PristineTruth:
+    """The detector's boxes on the input's frames at the stream's size, by frame index."""
+
+    def __init__(self, path: Path, width: int, height: int, model: str | None) -> None:
+        from shelf_stream.client.sources import FileSource
+        from shelf_stream.engine import EngineConfig, create_detector
+        from shelf_stream.engine.models import resolve_model
+
+        # The server's default threshold, as the answers have it.
+        self._detector = create_detector(EngineConfig(model_path=resolve_model(model)))
+        self.score_threshold = DEFAULT_GT_SCORE_THRESHOLD
+        with FileSource(path) as source:
+            self.fps = source.fps or 30.0
+            self._frames = []
+            while (frame := source.read()) is not None:
+                self._frames.append(frame.reformat(width=width, height=height, format="yuv420p"))
+        self._truth: dict[int, Any] = {}
+
+    def index(self, pts: int) -> int:
+        """The frame of the file an answered pts was (the file loops)."""
+        from shelf_stream.codec.base import TIME_BASE
+
+        return round(pts * TIME_BASE * self.fps) % len(self._frames)
+
+    def truth(self, index: int) -> Any:
+        if index not in self._truth:
+            self._truth[index] = self._detector.detect([self._frames[index]])[0]
+        return self._truth[index]
+
+    def score(self, records: list[FrameRecord]) -> dict[str, Any]:
+        """F1 (IoU 0.5, headline classes) of the answers against the pristine boxes."""
+        import numpy as np
+
+        from shelf_stream.bench.codec import score_agreement
+        from shelf_stream.client.matcher import Outcome
+        from shelf_stream.engine.base import Detections
+
+        truth, found = [], []
+        for record in records:
+            if record.status is not Outcome.RESULT:
+                continue
+            truth.append(self.truth(self.index(record.pts)))
+            dets = record.detections
+            found.append(
+                Detections(
+                    np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float32).reshape(-1, 4),
+                    np.array([d.score for d in dets], np.float32),
+                    np.array([d.class_id for d in dets], np.int32),
+                )
+            )
+        if not truth:
+            return {"answered_frames": 0, "f1": None, "precision": None, "recall": None}
+        agreement = score_agreement(truth, found, self.score_threshold)
+        counts = agreement.at_iou50
+        return {
+            "answered_frames": len(truth),
+            "truth_boxes": counts.truth_boxes,
+            "f1": counts.f1,
+            "precision": counts.precision,
+            "recall": counts.recall,
+        }
+
+    def close(self) -> None:
+        self._detector.close()
+
+
+def format_roi_report(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        ("achieved / offered fps", "fps", "offered_fps"),
+        ("latency p50 / p95 ms", "latency_ms_p50", "latency_ms_p95"),
+        ("bytes per frame", "bytes_per_frame"),
+        ("kbit/s", "kbit_per_s"),
+        ("answered frames", "answered_frames"),
+        ("F1 / P / R vs pristine", "f1", "precision", "recall"),
+    ]
+    lines = []
+    for run in runs:
+        link = run["link"]
+        lines.append(
+            f"\nlink: {link['rtt_ms']:g} ms RTT, {link['mbit_per_s']:g} Mbit/s; H.265 at "
+            f"{run['bitrate_kbps']} kbit/s, fixed"
+        )
+        lines.append(f"{'':30}{'uniform':>22}{'ROI':>22}")
+        for label, *keys in rows:
+            cells = [
+                " / ".join(_fmt(run[side].get(k)) for k in keys) for side in ("uniform", "roi")
+            ]
+            lines.append(f"{label:30}{cells[0]:>22}{cells[1]:>22}")
+        lines.append(f"bytes per frame uniform / ROI: x{run['bytes_ratio']}")
     return "\n".join(lines)

@@ -10,7 +10,9 @@
   queues. Its tasks: the pump (outbox → socket), the receiver (socket → matcher and
   adaptation), the ticker (the adaptation's timer, answer expiry, status line, timeline)
   and the connection supervisor (``_serve``: reconnects with backoff);
-- sink threads (``sinks``): the results file and the annotated video.
+- sink threads (``sinks``): the results file and the annotated video;
+- ROI planner (``roi.RoiPlanner``, sans-I/O, on the loop): the answers' boxes in, region
+  quality offsets out, handed to the encoder worker (``SetRegions``) when they change.
 
 Every captured pts ends as exactly one record, handed to the statistics, the sinks and
 ``on_record``. The end of a stream (its duration, the source's end, ``request_stop``)
@@ -65,6 +67,7 @@ from shelf_stream.client.encoder_worker import (
     FrameNotEncoded,
     GrantSends,
     Outbox,
+    SetRegions,
     SourceChanged,
     WorkerEnded,
 )
@@ -78,6 +81,7 @@ from shelf_stream.client.matcher import (
 )
 from shelf_stream.client.passthrough import PassthroughWorker, passthrough_camera
 from shelf_stream.client.probe import BandwidthProbe, ProbeConfig, ProbeResult, choose_start
+from shelf_stream.client.roi import RoiConfig, RoiPlan, RoiPlanner
 from shelf_stream.client.rtsp import CameraInfo, RtspSource
 from shelf_stream.client.sinks import AnnotatedVideoSink, JsonlSink
 from shelf_stream.client.sources import FrameSource, SourceSpec, open_source
@@ -153,6 +157,9 @@ class ClientConfig:
     # An RTSP camera's H.265/H.264 goes to the server as it is (``passthrough``); True
     # decodes and re-encodes it instead, with the adaptation to the link.
     reencode: bool = False
+    # Detection-guided regions of interest (``client.roi``): finer quantisation where the
+    # server's boxes are. Not for a camera passed through (its stream is its own).
+    roi: RoiConfig = field(default_factory=RoiConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +198,9 @@ class StreamClient:
         self._serving = False
         self._geometry_wanted: _Geometry | None = None
         self._settings: EncodeSettings | None = None  # as last sent to the worker
+        self._roi: RoiPlanner | None = None
+        self._roi_sent: RoiPlan | None = None  # as last sent to the worker
+        self._roi_plans_sent = 0
         self._capture_fps = 0.0  # as last asked of the capture thread
         self._ladder: tuple[Rung, ...] = ()
         self._stop_requested = False
@@ -239,6 +249,11 @@ class StreamClient:
         summary = self.stats.summary()
         summary["encoder_switches"] = self._adaptation.switches if self._adaptation else 0
         summary["unmatched_answers"] = self._matcher.unmatched
+        summary["roi"] = {
+            "enabled": self._roi is not None,
+            "plans_sent": self._roi_plans_sent,
+            "refreshes": self._roi.refreshes if self._roi is not None else 0,
+        }
         # Wall clock when capture began (--duration counts from there), for scripts.
         summary["capture_started_unix_s"] = self._capture_started_unix_s
         return summary
@@ -372,6 +387,15 @@ class StreamClient:
                 worker.stop()
         else:
             slot = LatestSlot()
+            if self.config.roi.enabled and self.config.codec != "jpeg_zlib":
+                self._roi = RoiPlanner(
+                    self.config.roi, width_px=geometry.width, height_px=geometry.height,
+                    frame_interval_s=1.0 / geometry.fps, now=now,
+                )  # fmt: skip
+                log.info(
+                    "regions of interest: on (objects %+g, background %+g, qoffset)",
+                    -self.config.roi.strength, self.config.roi.background_qoffset,
+                )  # fmt: skip
             self._settings = self._encode_settings(adaptation.plan, geometry)
             worker = self._worker = EncoderWorker(
                 slot, self._settings, outbox, max_in_flight=self.config.max_in_flight
@@ -442,6 +466,7 @@ class StreamClient:
             keyframe_interval_s=cfg.keyframe_interval_s,
             preset=cfg.preset,
             jpeg_quality=cfg.jpeg_quality,
+            roi=cfg.roi.enabled and cfg.codec != "jpeg_zlib" and self._camera is None,
         )
         if target.fast_preset and probe:
             config = replace(config, preset=faster_preset(config))
@@ -711,7 +736,12 @@ class StreamClient:
     def _handle(self, event: p.Event) -> None:
         now = time.monotonic()
         if isinstance(event, p.Result):
-            self._settle(self._matcher.on_result(event, now))
+            settled = self._matcher.on_result(event, now)
+            self._settle(settled)
+            if settled is not None and self._roi is not None:
+                record = settled.record  # boxes in the frame size the user asked for
+                self._roi.on_result(record.detections, record.captured_at, now)
+                self._apply_roi(now)
         elif isinstance(event, p.Dropped):
             self._settle(self._matcher.on_dropped(event, now))
         elif isinstance(event, p.Feedback):
@@ -781,6 +811,16 @@ class StreamClient:
             self._capture_fps = plan.target.fps
             self._capture.set_fps(plan.target.fps)
 
+    def _apply_roi(self, now: float) -> None:
+        """Hand the ROI planner's plan to the encoder worker when it changed."""
+        if self._roi is None or self._worker is None:
+            return
+        plan = self._roi.plan(now)
+        if plan != self._roi_sent:
+            self._roi_sent = plan
+            self._roi_plans_sent += 1
+            self._worker.send(SetRegions(plan))
+
     # ------------------------------------------------------------------------ timers
 
     async def _ticker(self) -> None:
@@ -797,6 +837,10 @@ class StreamClient:
             if adaptation is not None and due is not None and now >= due:
                 adaptation.handle_timer(now)
                 self._apply_adaptation()
+            roi = self._roi
+            if roi is not None and (roi_due := roi.get_timer()) is not None and now >= roi_due:
+                roi.handle_timer(now)
+                self._apply_roi(now)
             for settled in self._matcher.expire(now, self.config.answer_timeout_s):
                 self._settle(settled)
             if now >= next_status and status_period:
@@ -808,6 +852,8 @@ class StreamClient:
             wake = min(next_status, next_timeline, now + 0.5)
             if adaptation is not None and (due := adaptation.get_timer()) is not None:
                 wake = min(wake, due)
+            if roi is not None and (roi_due := roi.get_timer()) is not None:
+                wake = min(wake, roi_due)
             if (oldest := self._matcher.oldest_captured_at()) is not None:
                 wake = min(wake, oldest + self.config.answer_timeout_s)
             await asyncio.sleep(max(0.005, wake - time.monotonic()))

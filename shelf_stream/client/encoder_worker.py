@@ -7,7 +7,12 @@ through its inbox:
 - ``Configure(settings)``: the encoder settings and the share of frames to encode; the
   encoder is re-opened (its next frame a keyframe) only when the settings changed;
 - ``ForceKeyframe()``: the next encoded frame is a keyframe;
-- ``GrantSends(n)``: with ``max_in_flight`` (stop-and-wait), ``n`` more frames may go.
+- ``GrantSends(n)``: with ``max_in_flight`` (stop-and-wait), ``n`` more frames may go;
+- ``SetRegions(plan)``: the ROI planner's quantiser offsets (``client.roi``) for the
+  following frames, in the pixels of the frame the user asked for; the worker maps them to
+  the encoder's own size (a lower rung's) and hands them to the encoder, which adds them
+  to each frame through a filter graph it owns (``codec.roi``). Only an encoder opened
+  with ``EncoderConfig.roi`` takes them; the others code uniformly.
 
 Out come ``EncodedUnit``, ``FrameNotEncoded`` (a frame thinned, or taken when the worker
 stopped) and, last, ``WorkerEnded``. The outbox holds ``outbox_units`` items: while it
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from shelf_stream.client.adaptation import FrameThinner
 from shelf_stream.client.capture import CapturedFrame, LatestSlot
 from shelf_stream.client.matcher import ClientReason
+from shelf_stream.client.roi import RoiPlan
 from shelf_stream.codec import get_encoder
 from shelf_stream.codec.base import EncodedFrame, Encoder, EncoderConfig
 from shelf_stream.errors import ShelfStreamError
@@ -65,7 +71,12 @@ class GrantSends:
     count: int = 1
 
 
-Command = Configure | ForceKeyframe | GrantSends
+@dataclass(frozen=True, slots=True)
+class SetRegions:
+    plan: RoiPlan
+
+
+Command = Configure | ForceKeyframe | GrantSends | SetRegions
 
 
 # ------------------------------------------------------------------------ outbox: output
@@ -186,6 +197,8 @@ class EncoderWorker:
         self._thinner = FrameThinner()
         self._keyframe_wanted = False
         self._permits = max_in_flight  # None: no stop-and-wait
+        self._plan: RoiPlan | None = None  # the latest SetRegions; None: uniform
+        self._mapped: tuple[RoiPlan | None, int, int] | None = None  # what the encoder has
 
     # -- the event loop's side ------------------------------------------------------------
 
@@ -257,6 +270,8 @@ class EncoderWorker:
             self._settings = command.settings
         elif isinstance(command, ForceKeyframe):
             self._keyframe_wanted = True
+        elif isinstance(command, SetRegions):
+            self._plan = command.plan
         elif self._permits is not None:
             self._permits += command.count
 
@@ -268,6 +283,7 @@ class EncoderWorker:
             # Below the encoder's rate: fewer frames, each with its full budget.
             return self._put(FrameNotEncoded(captured, ClientReason.THINNED))
         encoder = self._encoder_for(settings.config)
+        self._apply_regions(encoder)
         self._keyframe_wanted = False
         started = time.perf_counter()
         assert captured.frame is not None  # the capture thread always has the picture
@@ -284,7 +300,20 @@ class EncoderWorker:
             replacement = get_encoder(config)
             self._encoder.close()
             self._encoder, self._opened = replacement, config
+            self._mapped = None  # a new encoder starts without regions
         return self._encoder
+
+    def _apply_regions(self, encoder: Encoder) -> None:
+        """The latest plan, in the encoder's pixels, if it changed (or the encoder did)."""
+        if not encoder.takes_regions:
+            return
+        config = self._opened
+        wanted = (self._plan, config.width, config.height)
+        if wanted == self._mapped:
+            return
+        self._mapped = wanted
+        plan = self._plan
+        encoder.set_regions(() if plan is None else plan.for_encoder(config.width, config.height))
 
     def _put(self, item: Output) -> bool:
         return self._outbox.put(item, self._abort)

@@ -7,6 +7,7 @@ conversion and scaling stay inside libswscale, which releases the GIL.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -42,6 +43,30 @@ class EncoderConfig:
     preset: str | None = None
     threads: int = 0  # 0: the encoder's default (``codec.pyav``)
     jpeg_quality: int = 95  # jpeg_zlib only; 95 is OpenCV's default
+    # Regions of interest (``Encoder.set_regions``): libx264/libx265 are then opened with
+    # the adaptive quantisation that makes them honour the regions (``codec.pyav``).
+    roi: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoiRegion:
+    """A rectangle of the encoded picture and its quantiser offset.
+
+    Pixels of the encoder's picture, ``right_px``/``bottom_px`` exclusive. ``qoffset`` is
+    FFmpeg's ``AVRegionOfInterest.qoffset``: -1 (best) .. +1 (worst), 0 leaves the
+    quantiser alone; libx264 and libx265 scale it by their QP range (51 at 8 bits), so
+    -0.1 is about 5 QP finer. Where regions overlap, the first in a list applies.
+    """
+
+    left_px: int
+    top_px: int
+    right_px: int
+    bottom_px: int
+    qoffset: float
+
+    @property
+    def empty(self) -> bool:
+        return self.right_px <= self.left_px or self.bottom_px <= self.top_px
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +94,19 @@ class Encoder(ABC):
     def set_bitrate(self, kbps: int) -> None:
         """Change the target bitrate of a running encoder (see each implementation for how)."""
         raise NotImplementedError(f"{type(self).__name__} cannot change its bitrate")
+
+    @property
+    def takes_regions(self) -> bool:
+        """Whether ``set_regions`` changes what this encoder does (``config.roi`` and an
+        encoder whose FFmpeg wrapper reads regions of interest)."""
+        return False
+
+    def set_regions(self, regions: Sequence[RoiRegion]) -> None:
+        """Code the following frames with these regions (empty: uniformly).
+
+        Encoders that cannot (``takes_regions`` False) code uniformly and ignore them.
+        """
+        return None  # the default: uniform coding
 
     @abstractmethod
     def close(self) -> None:

@@ -95,7 +95,9 @@ def test_parser_defaults() -> None:
     assert args.input is None
     assert args.size == [NATIVE]  # the input's own size
     assert args.frames == 90
-    assert args.bitrates == list(bench.DEFAULT_BITRATES_KBPS)
+    assert bench.bitrates(args) == list(bench.DEFAULT_BITRATES_KBPS)
+    assert bench.bitrates(parse(["--roi"])) == list(bench.DEFAULT_ROI_BITRATES_KBPS)
+    assert bench.bitrates(parse(["--roi", "--bitrates", "90", "30"])) == [30, 90]
     assert args.jpeg_qualities == list(bench.DEFAULT_JPEG_QUALITIES)
     assert SEED_Q in args.jpeg_qualities
     assert args.encoder_sweep is True

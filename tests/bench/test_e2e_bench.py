@@ -40,6 +40,37 @@ def test_tiny_run_reports_both_contenders(model_path: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.timeout(120)
+def test_tiny_roi_run_compares_uniform_and_roi(model_path: Path, tmp_path: Path) -> None:
+    clip = Path(__file__).resolve().parent.parent / "data" / "bottles-640x360.mp4"
+    out = tmp_path / "roi.json"
+    args = build_bench_parser().parse_args(
+        ["e2e", "--roi", "--input", str(clip), "--link", "20:20", "--size", "320x180",
+         "--fps", "10", "--duration", "2", "--bitrate", "150", "--model", str(model_path),
+         "--json", str(out)]
+    )  # fmt: skip
+    report = run_e2e_bench(args)
+    summary = report["summary"]
+    assert json.loads(out.read_text())["summary"] == summary
+    assert summary["bitrate_kbps"] == 150
+    for side, enabled in (("uniform", False), ("roi", True)):
+        block = summary[side]
+        assert block["roi"]["enabled"] is enabled
+        assert block["bytes_per_frame"] > 0 and block["answered_frames"] > 5
+        assert block["f1"] is not None and block["f1"] > 0.5  # three bottles, a person
+        assert block["latency_ms_p50"] >= 20.0
+    assert summary["roi"]["roi"]["plans_sent"] >= 1
+    assert summary["bytes_ratio"] is not None
+
+
+def test_roi_needs_the_pristine_frames() -> None:
+    from shelf_stream.errors import ConfigError
+
+    args = build_bench_parser().parse_args(["e2e", "--roi"])
+    with pytest.raises(ConfigError, match="--input"):
+        run_e2e_bench(args)
+
+
+@pytest.mark.timeout(120)
 def test_tiny_link_schedule_run_draws_its_timeline(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "schedule.json"
     args = build_bench_parser().parse_args(

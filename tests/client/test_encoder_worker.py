@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from typing import ClassVar
 
 import av
 import numpy as np
@@ -21,10 +22,13 @@ from shelf_stream.client.encoder_worker import (
     GrantSends,
     Outbox,
     Output,
+    SetRegions,
     WorkerEnded,
 )
 from shelf_stream.client.matcher import ClientReason
-from shelf_stream.codec.base import EncoderConfig
+from shelf_stream.client.roi import RoiPlan
+from shelf_stream.codec import get_encoder
+from shelf_stream.codec.base import EncodedFrame, Encoder, EncoderConfig, RoiRegion
 
 CONFIG = EncoderConfig(
     codec="h264", width=160, height=120, fps=30.0, bitrate_kbps=300, keyframe_interval_s=100.0
@@ -188,3 +192,79 @@ def test_the_extreme_shares(share: float) -> None:
         await harness.end()
 
     _run(test)
+
+
+class _RecordingEncoder(Encoder):
+    """A real encoder that also records, per frame encoded, the regions it had."""
+
+    opened: ClassVar[list[_RecordingEncoder]] = []
+
+    def __init__(self, config: EncoderConfig) -> None:
+        self.config = config
+        self._real = get_encoder(config)
+        self.regions_per_frame: list[tuple[RoiRegion, ...] | None] = []
+        self._regions: tuple[RoiRegion, ...] | None = None
+        _RecordingEncoder.opened.append(self)
+
+    @property
+    def takes_regions(self) -> bool:
+        return self.config.roi
+
+    def set_regions(self, regions: Sequence[RoiRegion]) -> None:
+        self._regions = tuple(regions)
+
+    def encode(self, frame: av.VideoFrame, pts: int, *, keyframe: bool = False) -> EncodedFrame:
+        self.regions_per_frame.append(self._regions)
+        return self._real.encode(frame, pts, keyframe=keyframe)
+
+    def close(self) -> None:
+        self._real.close()
+
+
+def test_regions_reach_the_encoder_in_its_own_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan is in the pixels the user asked for (320x240 here); the encoder runs at
+    a rung of 160x120, then 80x60: each gets the plan mapped to its size."""
+    monkeypatch.setattr("shelf_stream.client.encoder_worker.get_encoder", _RecordingEncoder)
+    _RecordingEncoder.opened = []
+    plan = RoiPlan(320, 240, (RoiRegion(64, 32, 128, 96, -0.2), RoiRegion(0, 0, 320, 240, 0.1)))
+
+    async def test() -> None:
+        config = replace(CONFIG, roi=True)
+        harness = _Harness(EncodeSettings(config, scale=(2.0, 2.0)))
+        await harness.feed()  # before any plan: uniform
+        harness.worker.send(SetRegions(plan))
+        await harness.feed()
+        await harness.feed()
+        smaller = replace(config, width=80, height=60)
+        harness.worker.send(Configure(EncodeSettings(smaller, scale=(4.0, 4.0))))
+        await harness.feed()
+        harness.worker.send(SetRegions(RoiPlan(320, 240)))  # back to uniform
+        await harness.feed()
+        await harness.end()
+
+    _run(test)
+    first, second = _RecordingEncoder.opened
+    assert first.regions_per_frame == [
+        (),
+        (RoiRegion(32, 16, 64, 48, -0.2), RoiRegion(0, 0, 160, 120, 0.1)),
+        (RoiRegion(32, 16, 64, 48, -0.2), RoiRegion(0, 0, 160, 120, 0.1)),
+    ]
+    # 80x60: 16..32 x 8..24, grown to whole 16-pixel blocks.
+    assert second.regions_per_frame == [
+        (RoiRegion(16, 0, 32, 32, -0.2), RoiRegion(0, 0, 80, 60, 0.1)),
+        (),
+    ]
+
+
+def test_an_encoder_without_roi_is_given_no_regions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shelf_stream.client.encoder_worker.get_encoder", _RecordingEncoder)
+    _RecordingEncoder.opened = []
+
+    async def test() -> None:
+        harness = _Harness(EncodeSettings(CONFIG))
+        harness.worker.send(SetRegions(RoiPlan(160, 120, (RoiRegion(0, 0, 16, 16, -0.2),))))
+        await harness.feed()
+        await harness.end()
+
+    _run(test)
+    assert _RecordingEncoder.opened[0].regions_per_frame == [None]
