@@ -83,7 +83,7 @@ LIAR_INTERVAL_S = 0.05
 FLOOD_INTERVAL_S = 0.8
 #: The server stamps a message when it reads it off the socket, which a starved server
 #: does a little after the client sent it: the rate-limit bound allows this much more
-#: refill (4 messages at 200/s; counting when processed let hundreds more through).
+#: refill (8 messages at 400/s; counting when processed let hundreds more through).
 ARRIVAL_SLACK_S = 0.02
 BIG_STREAMS = 8
 BIG_WIDTH, BIG_HEIGHT, BIG_FRAMES = 1280, 720, 6

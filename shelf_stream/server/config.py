@@ -46,14 +46,9 @@ class ServerConfig:
     max_pending_hellos: int = 32
     max_pending_hellos_per_address: int = 4
     # Messages per second per connection, counted when they arrive (averaged; bursts of
-    # twice that pass). A client sends at most one Video per frame (120 fps at most) and a
-    # probe of at most 31 messages before it streams, so 200/s leaves room; a flood is
-    # cut off. Every message the bucket lets through costs the other streams CPU: on a
-    # starved server (``shelf-bench fuzz``'s starved flood, three rounds interleaved) the
-    # healthy stream had 1, 1 and 2 of 60 frames superseded beside the floods at 400/s,
-    # and 0, 0 and 0 at 200/s (a later run at 200/s, with another job on the cores,
-    # still lost 5: see docs/design.md, "Floods and slow readers").
-    max_messages_per_s: float = 200.0
+    # twice that pass). A 120 fps stream with feedback and probes stays far below; a
+    # flood is cut off.
+    max_messages_per_s: float = 400.0
     decode_queue_packets: int = 32
     outbox_messages: int = 512
     hello_timeout_s: float = 2.0
