@@ -126,16 +126,23 @@ def _progress(text: str) -> None:
 
 def encode_clip(frames: int = CLIP_FRAMES) -> tuple[ClipUnit, ...]:
     """The healthy stream's clip: the demo scene, keyframe first, no other keyframe."""
+    return encode_scene(CLIP_WIDTH, CLIP_HEIGHT, frames, bitrate_kbps=400)
+
+
+def encode_scene(
+    width: int, height: int, frames: int, *, bitrate_kbps: int, preset: str | None = None
+) -> tuple[ClipUnit, ...]:
+    """``frames`` of the demo scene as H.265 access units, keyframe first, no other."""
     from shelf_stream.client.sources import SceneSource
     from shelf_stream.codec import EncoderConfig, get_encoder
 
     # One encoder thread and a keyframe interval beyond the clip: the same bytes every
     # run, and every loop of the clip decodes to the same pictures after its keyframe.
     config = EncoderConfig(
-        codec="hevc", width=CLIP_WIDTH, height=CLIP_HEIGHT, fps=CLIP_FPS,
-        bitrate_kbps=400, keyframe_interval_s=3600.0, threads=1,
+        codec="hevc", width=width, height=height, fps=CLIP_FPS, bitrate_kbps=bitrate_kbps,
+        keyframe_interval_s=3600.0, threads=1, preset=preset,
     )  # fmt: skip
-    source = SceneSource(CLIP_WIDTH, CLIP_HEIGHT, CLIP_FPS)
+    source = SceneSource(width, height, CLIP_FPS)
     encoder = get_encoder(config)
     try:
         units = []

@@ -56,6 +56,7 @@ from shelf_stream.bench.fuzz import (
     HealthyRun,
     HealthyStream,
     check_healthy,
+    encode_scene,
     session_open,
 )
 from shelf_stream.bench.fuzz_cases import ClipUnit
@@ -102,24 +103,7 @@ class Clips:
 
 
 def encode_big_clip() -> tuple[ClipUnit, ...]:
-    from shelf_stream.client.sources import SceneSource
-    from shelf_stream.codec import EncoderConfig, get_encoder
-
-    config = EncoderConfig(
-        codec="hevc", width=BIG_WIDTH, height=BIG_HEIGHT, fps=CLIP_FPS, bitrate_kbps=1500,
-        keyframe_interval_s=3600.0, threads=1, preset="ultrafast",
-    )  # fmt: skip
-    source = SceneSource(BIG_WIDTH, BIG_HEIGHT, CLIP_FPS)
-    encoder = get_encoder(config)
-    try:
-        units = []
-        for index in range(BIG_FRAMES):
-            out = encoder.encode(source.render(index), index * PTS_STEP, keyframe=index == 0)
-            units.append(ClipUnit(out.keyframe, out.data))
-    finally:
-        encoder.close()
-        source.close()
-    return tuple(units)
+    return encode_scene(BIG_WIDTH, BIG_HEIGHT, BIG_FRAMES, bitrate_kbps=1500, preset="ultrafast")
 
 
 # ------------------------------------------------------------------ measurements
