@@ -118,8 +118,6 @@ def sample_process(pid: int, t_s: float) -> ProcessSample | None:
         threads = int(fields["Threads"])
     except (KeyError, ValueError):
         return None
-    if rss_kb == 0:
-        return None  # caught between fork and exec, or a kernel thread
     return ProcessSample(t_s, rss_kb / 1024, threads, fds)
 
 
