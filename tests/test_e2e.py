@@ -8,6 +8,7 @@ import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -31,6 +32,17 @@ def _box_iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _scene_client(port: int, **settings: Any) -> ClientConfig:
+    """A client streaming the demo scene (320x240 at 15 fps) to the server on ``port``."""
+    return ClientConfig(
+        url=f"ws://127.0.0.1:{port}",
+        source=SourceSpec(kind="scene", width=320, height=240, fps=15.0),
+        fps=15.0,
+        status=False,
+        **settings,
+    )
+
+
 def test_scene_stream_through_server_and_client(model_path: Path) -> None:
     """≥ 100 frames of the demo scene: every pts answered once, real objects found."""
     records: list[FrameRecord] = []
@@ -39,14 +51,7 @@ def test_scene_stream_through_server_and_client(model_path: Path) -> None:
         detector = create_detector(EngineConfig(model_path=model_path))
         try:
             async with Server(ServerConfig(host="127.0.0.1", port=0), detector) as server:
-                config = ClientConfig(
-                    url=f"ws://127.0.0.1:{server.port}",
-                    source=SourceSpec(kind="scene", width=320, height=240, fps=15.0),
-                    fps=15.0,
-                    bitrate_kbps=600,
-                    max_frames=140,
-                    status=False,
-                )
+                config = _scene_client(server.port, bitrate_kbps=600, max_frames=140)
                 summary = await StreamClient(config, on_record=records.append).run()
                 # The server finishes releasing the stream just after the close handshake.
                 for _ in range(500):
@@ -84,14 +89,8 @@ def test_roi_stream_steers_the_encoder_with_the_answers(model_path: Path) -> Non
         detector = create_detector(EngineConfig(model_path=model_path))
         try:
             async with Server(ServerConfig(host="127.0.0.1", port=0), detector) as server:
-                config = ClientConfig(
-                    url=f"ws://127.0.0.1:{server.port}",
-                    source=SourceSpec(kind="scene", width=320, height=240, fps=15.0),
-                    fps=15.0,
-                    bitrate_kbps=300,
-                    max_frames=45,
-                    status=False,
-                    roi=RoiConfig(enabled=True),
+                config = _scene_client(
+                    server.port, bitrate_kbps=300, max_frames=45, roi=RoiConfig(enabled=True)
                 )
                 return await StreamClient(config, on_record=records.append).run()
         finally:
