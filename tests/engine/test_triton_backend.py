@@ -16,6 +16,8 @@ import os
 import queue
 import subprocess
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,29 +113,46 @@ def _server_env(python: str) -> dict[str, str]:
     return env
 
 
-def _wait_ready(process: subprocess.Popen[str], timeout_s: float) -> None:
-    lines: queue.Queue[str | None] = queue.Queue()
+def _wait_ready(process: subprocess.Popen[str], http_port: int, timeout_s: float) -> None:
+    """Until Triton says over HTTP that the model is ready (its KServe v2 endpoint).
+
+    Not by its ``READY`` line: Triton's log and the script's stdout share one pipe, and
+    a log line written at the same moment split it ("model_lifecycle.READYcc:839"). The
+    output is kept for the failure's message.
+    """
+    lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
         assert process.stdout is not None
         for line in process.stdout:
             lines.put(line)
-        lines.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
+    url = f"http://127.0.0.1:{http_port}/v2/models/{MODEL_NAME}/ready"
+    deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            line = lines.get(timeout=timeout_s)
-        except queue.Empty:
-            raise AssertionError(  # noqa: B904 - the server's output is the context
-                f"Triton not ready in {timeout_s:g} s:\n{''.join(seen[-40:])}"
-            )
-        if line is None:
-            raise AssertionError(f"Triton exited ({process.wait()}):\n{''.join(seen[-40:])}")
-        seen.append(line)
-        if line.strip() == "READY":
+        if process.poll() is not None:
+            raise AssertionError(f"Triton exited ({process.returncode}):\n{_tail(lines)}")
+        if _answers_ok(url):
             return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Triton not ready in {timeout_s:g} s:\n{_tail(lines)}")
+        time.sleep(0.25)
+
+
+def _answers_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except OSError:  # refused, not ready yet (HTTP 400/503 is an HTTPError), timed out
+        return False
+
+
+def _tail(lines: queue.Queue[str], count: int = 40) -> str:
+    seen: list[str] = []
+    while not lines.empty():
+        seen.append(lines.get_nowait())
+    return "".join(seen[-count:])
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +168,7 @@ def triton_url(yolox_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_server_env(python),
     )  # fmt: skip
     try:
-        _wait_ready(process, timeout_s=90)
+        _wait_ready(process, http, timeout_s=90)
         yield f"127.0.0.1:{grpc}"
     finally:
         process.terminate()
