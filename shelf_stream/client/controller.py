@@ -61,6 +61,14 @@ class RateControlConfig:
     # estimate's 3-sigma bound). WebRTC reaches capacity quickly there by active probing; this
     # client probes only before the stream, so it ramps faster instead.
     ramp_increase_per_s: float = 0.3
+    # ... and back up to a known capacity after a large drop (below this share of the
+    # estimate): WebRTC probes there (ProbeController's probe after a large drop, to 85 %
+    # of the old estimate). At 8 %/s a drain to the 50 kbit/s floor would take 29 s to
+    # climb back to a 465 kbit/s estimate (the page in Chromium, congested to 150 kbit/s,
+    # where the encoder follows a lower bitrate a second late). Simulated with an encoder
+    # 0.5 s late, 4x congestion for 5 s at 35-400 ms RTT: back within 20 % in 11.9-15.0 s,
+    # 13.2-22.9 s without this.
+    large_drop_share: float = 0.66
     # §5.5: additive increase near capacity, about one packet per response time (RTT +
     # 100 ms); packets are ≤ MTU-sized pieces of a frame, as in WebRTC.
     packet_bytes: int = 1200
@@ -120,6 +128,13 @@ class RateControlConfig:
     down_hold_s: float = 1.0
     up_factor: float = 1.2
     up_hold_s: float = 4.0
+    # ... or this long, when the link has already carried the next rung's climb rate
+    # (``LadderPolicy``): a climb after deep congestion then waits 1 s per rung, not 4.
+    proven_up_hold_s: float = 1.0
+    # What the link carried is read over this much server time: at 7.5 fps the receive
+    # rate's 0.5 s window holds 4 frames, and its reading swung 125-281 kbit/s around a
+    # steady 150 (a keyframe every 2 s, and one frame more or less in the window).
+    carried_window_s: float = 1.5
     min_rung_hold_s: float = 3.0
     history_packets: int = 4096
 
@@ -510,10 +525,19 @@ class Aimd:
             self.kbps = max(self.kbps, self._clamp(min(self._cfg.beta * received, ceiling)))
         self.state = RateState.HOLD
 
+    def limit(self, kbps: float) -> None:
+        """No higher than ``kbps`` from here (the AIMD state is kept)."""
+        self.kbps = min(self.kbps, self._clamp(kbps))
+
     def halve(self) -> None:
+        """No Feedback for a while: halve the rate. A drain goes on: the stall is its queue,
+        too long to report on, and where the drain ends it resumes at its own ceiling (a
+        stall that ended it let the next drain take the floor as that ceiling: Chromium's
+        page then sat at 50 kbit/s for 2 s after the queue was gone)."""
         self._at_capacity_since = None
         self.kbps = self._clamp(self.kbps / 2)
-        self.state = RateState.HOLD
+        if self.state is not RateState.DRAIN:
+            self.state = RateState.HOLD
 
     def _decrease(self, received: float, now: float) -> None:
         # WebRTC reduces at most once per RTT (10..200 ms): the effect of a decrease shows
@@ -550,7 +574,9 @@ class Aimd:
         limit = cfg.max_rate_over_received * received + 10
         if self.kbps >= limit:
             return
-        if self.capacity.estimate is None:
+        estimate = self.capacity.estimate
+        # Ramp where no capacity is known, and back up to it after a large drop.
+        if estimate is None or self.kbps < cfg.large_drop_share * estimate:
             step = self.kbps * ((1 + cfg.ramp_increase_per_s) ** dt - 1)
         elif self.capacity.near(self.kbps):
             step = self._additive_kbps_per_s() * dt
@@ -587,7 +613,10 @@ class LadderPolicy:
 
     Down: the rate stayed below the rung's floor for ``down_hold_s`` → jump to the best rung
     whose floor fits (one keyframe, not one per rung). Up, one rung at a time: the rate stayed
-    above ``up_factor`` x the next rung's floor for ``up_hold_s``. Between changes at least
+    above ``up_factor`` x the next rung's floor for ``up_hold_s``, or for ``proven_up_hold_s``
+    while what the link *carried* without congestion (``carried_kbps``) was above it too: the
+    rate alone may be an extrapolation (it runs up to 1.5 x the receive rate while a rung's
+    ceiling holds the encoder back), the receive rate is not. Between changes at least
     ``min_rung_hold_s``. A ``max_bitrate_kbps`` under a floor counts as the floor: the user's
     cap is not a sign of a slow network.
     """
@@ -600,6 +629,7 @@ class LadderPolicy:
         self._changed_at = now - config.min_rung_hold_s
         self._below_since: float | None = None
         self._above_since: float | None = None
+        self._carried_since: float | None = None
 
     @property
     def rung(self) -> Rung:
@@ -608,8 +638,9 @@ class LadderPolicy:
     def floor(self, index: int) -> float:
         return min(self.rungs[index].min_kbps, self._cfg.max_bitrate_kbps)
 
-    def update(self, kbps: float, now: float) -> bool:
-        """True when the rung changed."""
+    def update(self, kbps: float, now: float, carried_kbps: float = 0.0) -> bool:
+        """True when the rung changed (``carried_kbps``: what the link carried without
+        congestion, 0 when it is congested)."""
         cfg = self._cfg
         settled = now - self._changed_at >= cfg.min_rung_hold_s
         self._below_since = _since(self._below_since, kbps < self.floor(self.index), now)
@@ -619,16 +650,20 @@ class LadderPolicy:
                 return self._move(fits[0] if fits else len(self.rungs) - 1, now)
             return False
         up = self.index - 1
-        climbing = up >= 0 and kbps >= cfg.up_factor * self.floor(up)
-        self._above_since = _since(self._above_since, climbing, now)
-        held = self._above_since is not None and now - self._above_since >= cfg.up_hold_s
+        climb_kbps = cfg.up_factor * self.floor(up) if up >= 0 else math.inf
+        self._above_since = _since(self._above_since, kbps >= climb_kbps, now)
+        proven = self._above_since is not None and carried_kbps >= climb_kbps
+        self._carried_since = _since(self._carried_since, proven, now)
+        held = _held(self._above_since, cfg.up_hold_s, now) or _held(
+            self._carried_since, cfg.proven_up_hold_s, now
+        )
         return held and settled and self._move(up, now)
 
     def _move(self, index: int, now: float) -> bool:
         self.index = index
         self.changes += 1
         self._changed_at = now
-        self._below_since = self._above_since = None
+        self._below_since = self._above_since = self._carried_since = None
         return True
 
 
@@ -636,6 +671,10 @@ def _since(since: float | None, condition: bool, now: float) -> float | None:
     if not condition:
         return None
     return now if since is None else since
+
+
+def _held(since: float | None, hold_s: float, now: float) -> bool:
+    return since is not None and now - since >= hold_s
 
 
 # ------------------------------------------------------------------------------ controller
@@ -674,7 +713,7 @@ class RateController:
         self._trendline = Trendline(config.trendline_window, config.trendline_smoothing)
         self.detector = OveruseDetector(config)
         self._queue = QueueDelay(config.base_delay_window_s, config.standing_window_s)
-        self._rate = ReceiveRate(max(1.0, config.rate_window_s))
+        self._rate = ReceiveRate(max(1.0, config.rate_window_s, config.carried_window_s))
         self._sent: dict[int, _SentPacket] = {}
         self._last_seq = -1
         self._arrival_origin_us: int | None = None
@@ -821,7 +860,18 @@ class RateController:
     def _tick(self, now: float) -> None:
         self._next_tick = now + self.config.tick_s
         self._check_stall(now)
-        self.ladder.update(self._sustainable_kbps(), now)
+        index = self.ladder.index
+        carried = self._carried_kbps()
+        if self.ladder.update(self._sustainable_kbps(), now, carried) and self.ladder.index < index:
+            self._start_rung(carried)
+
+    def _start_rung(self, carried_kbps: float) -> None:
+        """A climb starts from what the link has carried, not from the rate: under a rung's
+        ceiling the rate runs ahead of what was sent (up to 1.5 x the receive rate), and
+        in simulation the new rung opened at 785 kbit/s on a 600 kbit/s link, a 200 ms
+        queue to drain at once."""
+        climb_kbps = self.config.up_factor * self.ladder.floor(self.ladder.index)
+        self.aimd.limit(max(carried_kbps, climb_kbps))
 
     def _sustainable_kbps(self) -> float:
         """The rate the ladder follows: while a queue drains the rate is briefly far below
@@ -831,6 +881,14 @@ class RateController:
         if self.aimd.state is RateState.DRAIN and received is not None:
             return max(self.aimd.kbps, min(self.config.beta * received, self._drain_ceiling))
         return self.aimd.kbps
+
+    def _carried_kbps(self) -> float:
+        """The receive rate while nothing says the link is congested (else 0)."""
+        carried = self._rate.kbps(self.config.carried_window_s)
+        congested = self.aimd.state in (RateState.DECREASE, RateState.DRAIN)
+        if carried is None or congested or self._usage(self._queue.ms) is Usage.OVERUSE:
+            return 0.0
+        return carried
 
     def _check_stall(self, now: float) -> None:
         """No Feedback while frames are outstanding: the queue is too long to even report."""

@@ -22,6 +22,7 @@ export function rateControlConfig(overrides = {}) {
     beta: 0.9,
     increasePerS: 0.08,
     rampIncreasePerS: 0.3,
+    largeDropShare: 0.66,
     packetBytes: 1200,
     minAdditiveKbpsPerS: 4,
     maxRateOverReceived: 1.5,
@@ -51,6 +52,8 @@ export function rateControlConfig(overrides = {}) {
     downHoldS: 1,
     upFactor: 1.2,
     upHoldS: 4,
+    provenUpHoldS: 1,
+    carriedWindowS: 1.5,
     minRungHoldS: 3,
     historyPackets: 4096,
     ...overrides,
@@ -393,10 +396,16 @@ export class Aimd {
     this.state = RateState.HOLD;
   }
 
+  /** No higher than `kbps` from here (the AIMD state is kept). */
+  limit(kbps) {
+    this.kbps = Math.min(this.kbps, this.clamp(kbps));
+  }
+
+  /** No Feedback for a while: halve the rate; a drain goes on (see controller.py). */
   halve() {
     this.atCapacitySince = null;
     this.kbps = this.clamp(this.kbps / 2);
-    this.state = RateState.HOLD;
+    if (this.state !== RateState.DRAIN) this.state = RateState.HOLD;
   }
 
   decrease(received, now) {
@@ -433,7 +442,9 @@ export class Aimd {
     const limit = cfg.maxRateOverReceived * received + 10;
     if (this.kbps >= limit) return;
     let step;
-    if (this.capacity.estimate === null) {
+    const estimate = this.capacity.estimate;
+    // Ramp where no capacity is known, and back up to it after a large drop.
+    if (estimate === null || this.kbps < cfg.largeDropShare * estimate) {
       step = this.kbps * ((1 + cfg.rampIncreasePerS) ** dt - 1);
     } else if (this.capacity.near(this.kbps)) {
       step = this.additiveKbpsPerS() * dt;
@@ -478,6 +489,7 @@ export class LadderPolicy {
     this.changedAt = now - config.minRungHoldS;
     this.belowSince = null;
     this.aboveSince = null;
+    this.carriedSince = null;
   }
 
   get rung() {
@@ -488,8 +500,9 @@ export class LadderPolicy {
     return Math.min(this.rungs[index].minKbps, this.cfg.maxBitrateKbps);
   }
 
-  /** True when the rung changed. */
-  update(kbps, now) {
+  /** True when the rung changed (`carriedKbps`: what the link carried without congestion,
+   * 0 when it is congested; a climb it proves waits provenUpHoldS, not upHoldS). */
+  update(kbps, now, carriedKbps = 0) {
     const cfg = this.cfg;
     const settled = now - this.changedAt >= cfg.minRungHoldS;
     this.belowSince = since(this.belowSince, kbps < this.floor(this.index), now);
@@ -507,9 +520,13 @@ export class LadderPolicy {
       return false;
     }
     const up = this.index - 1;
-    const climbing = up >= 0 && kbps >= cfg.upFactor * this.floor(up);
-    this.aboveSince = since(this.aboveSince, climbing, now);
-    const held = this.aboveSince !== null && now - this.aboveSince >= cfg.upHoldS;
+    const climbKbps = up >= 0 ? cfg.upFactor * this.floor(up) : Infinity;
+    this.aboveSince = since(this.aboveSince, kbps >= climbKbps, now);
+    const proven = this.aboveSince !== null && carriedKbps >= climbKbps;
+    this.carriedSince = since(this.carriedSince, proven, now);
+    const held =
+      isHeld(this.aboveSince, cfg.upHoldS, now) ||
+      isHeld(this.carriedSince, cfg.provenUpHoldS, now);
     return held && settled && this.move(up, now);
   }
 
@@ -517,7 +534,7 @@ export class LadderPolicy {
     this.index = index;
     this.changes += 1;
     this.changedAt = now;
-    this.belowSince = this.aboveSince = null;
+    this.belowSince = this.aboveSince = this.carriedSince = null;
     return true;
   }
 }
@@ -525,6 +542,10 @@ export class LadderPolicy {
 function since(start, condition, now) {
   if (!condition) return null;
   return start === null ? now : start;
+}
+
+function isHeld(start, holdS, now) {
+  return start !== null && now - start >= holdS;
 }
 
 // --------------------------------------------------------------------------- controller
@@ -544,7 +565,7 @@ export class RateController {
     this.trendline = new Trendline(config.trendlineWindow, config.trendlineSmoothing);
     this.detector = new OveruseDetector(config);
     this.queue = new QueueDelay(config.baseDelayWindowS, config.standingWindowS);
-    this.rate = new ReceiveRate(Math.max(1, config.rateWindowS));
+    this.rate = new ReceiveRate(Math.max(1, config.rateWindowS, config.carriedWindowS));
     this.sent = new Map(); // seq → { sendS, size, keyframe }, oldest first, bounded
     this.lastSeq = -1;
     this.arrivalOriginUs = null;
@@ -689,7 +710,17 @@ export class RateController {
   tick(now) {
     this.nextTick = now + this.config.tickS;
     this.checkStall(now);
-    this.ladder.update(this.sustainableKbps(), now);
+    const index = this.ladder.index;
+    const carried = this.carriedKbps();
+    if (this.ladder.update(this.sustainableKbps(), now, carried) && this.ladder.index < index) {
+      this.startRung(carried);
+    }
+  }
+
+  /** A climb starts from what the link has carried, not from the rate (see controller.py). */
+  startRung(carriedKbps) {
+    const climbKbps = this.config.upFactor * this.ladder.floor(this.ladder.index);
+    this.aimd.limit(Math.max(carriedKbps, climbKbps));
   }
 
   /** While a queue drains the rate is briefly far below the link: keep the resolution. */
@@ -699,6 +730,14 @@ export class RateController {
       return Math.max(this.aimd.kbps, Math.min(this.config.beta * received, this.drainCeiling));
     }
     return this.aimd.kbps;
+  }
+
+  /** The receive rate while nothing says the link is congested (else 0). */
+  carriedKbps() {
+    const carried = this.rate.kbps(this.config.carriedWindowS);
+    const congested = this.aimd.state === RateState.DECREASE || this.aimd.state === RateState.DRAIN;
+    if (carried === null || congested || this.usageNow(this.queue.ms) === Usage.OVERUSE) return 0;
+    return carried;
   }
 
   /** No Feedback while frames are outstanding: the queue is too long to even report. */

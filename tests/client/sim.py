@@ -210,6 +210,7 @@ class StreamRun:
     uplink: Uplink
     frames: list[FrameLog] = field(default_factory=list)
     samples: list[tuple[float, Target]] = field(default_factory=list)  # every 100 ms
+    snapshots: list[tuple[float, dict[str, object]]] = field(default_factory=list)  # with them
     published: list[tuple[float, Target]] = field(default_factory=list)  # encoder switches
     skipped: int = 0
     thinned: int = 0  # frames left out for a frame share below 1
@@ -271,6 +272,7 @@ def run_stream(
     keyframe_factor: float = 3.0,
     server_offset_s: float = SERVER_OFFSET_S,
     encode_ms: float = 5.0,
+    encoder_lag_s: float = 0.0,
 ) -> StreamRun:
     """Stream for ``duration_s`` over a link that follows ``schedule`` [(t, link), ...].
 
@@ -280,6 +282,8 @@ def run_stream(
     keyframe is ``keyframe_factor`` times that), encoded in ``encode_ms``; a keyframe comes
     every ``keyframe_interval_s`` and after each encoder switch (a re-open, as with
     libx265). Frames are thinned by the plan's share, as the encoder worker does.
+    ``encoder_lag_s`` > 0 makes the encoder follow each new plan that much later, as
+    Chromium's software H.264 encoder followed a lowered bitrate a second or more late.
     """
     clock = Clock()
     control = config or RateControlConfig()
@@ -299,11 +303,17 @@ def run_stream(
         run.frames[seq].delivery = t
         arrivals.append((seq, server_us(t, server_offset_s)))
 
+    def switch(plan: EncoderPlan) -> None:
+        encoder.plan = plan
+        encoder.last_key = -math.inf  # a new encoder starts with a keyframe
+
     def take_switches() -> None:
         while (event := adaptation.next_event()) is not None:
             if isinstance(event, EncoderSwitch):
-                encoder.plan = event.plan
-                encoder.last_key = -math.inf  # a new encoder starts with a keyframe
+                if encoder_lag_s > 0:
+                    clock.at(clock.now + encoder_lag_s, functools.partial(switch, event.plan))
+                else:
+                    switch(event.plan)
                 run.published.append((clock.now, event.plan.target))
 
     def feedback() -> None:
@@ -350,6 +360,7 @@ def run_stream(
 
     def sample() -> None:
         run.samples.append((clock.now, run.controller.target()))
+        run.snapshots.append((clock.now, run.controller.snapshot()))
         clock.at(clock.now + 0.1, sample)
 
     for at, link in schedule[1:]:

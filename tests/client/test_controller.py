@@ -12,8 +12,10 @@ import pytest
 
 from shelf_stream.bench.link import LinkConfig
 from shelf_stream.client.controller import (
+    Aimd,
     DeliveryRate,
     InterGroupDelay,
+    LadderPolicy,
     LinkCapacity,
     OveruseDetector,
     QueueDelay,
@@ -163,6 +165,83 @@ def test_ladder_climbs_back_without_flapping(ladder_run: StreamRun) -> None:
     assert not [t for t in times if 13.0 < t < 25.0 or 28.0 < t < 40.0]  # steady: no changes
 
 
+def _rate_after_1_s_of_increase(start_kbps: float, estimate_kbps: float) -> float:
+    config = RateControlConfig()
+    aimd = Aimd(config, start_kbps)
+    aimd.capacity.on_overuse(estimate_kbps)
+    aimd.state = RateState.INCREASE
+    for step in range(1, 11):  # ten Feedbacks, 100 ms apart, nothing over-used
+        aimd.update(Usage.NORMAL, received=start_kbps, now=step / 10, dt=0.1)
+    return aimd.kbps
+
+
+def test_after_a_large_drop_the_rate_ramps_back_to_the_known_capacity() -> None:
+    # 50 kbit/s (a drain to the floor) under a 465 kbit/s estimate: 30 %/s, not 8 %/s.
+    assert _rate_after_1_s_of_increase(50, 465) == pytest.approx(50 * 1.3, rel=0.01)
+    # Closer (but still below the estimate's 3-sigma band): GCC's 8 %/s.
+    assert _rate_after_1_s_of_increase(400, 465) == pytest.approx(400 * 1.08, rel=0.01)
+
+
+def _page_ladder_policy() -> LadderPolicy:
+    """The page's ladder (640x480@15 on top), on its 7.5 fps rung since long ago."""
+    rungs = default_ladder(640, 480, 15)
+    return LadderPolicy(RateControlConfig(), rungs, 1, now=-100.0)
+
+
+def _climbed_at(policy: LadderPolicy, kbps: float, carried_kbps: float) -> float | None:
+    for step in range(100):
+        now = step / 10
+        if policy.update(kbps, now, carried_kbps):
+            return now
+    return None
+
+
+def test_ladder_climbs_after_1_s_when_the_link_carried_the_climb_rate() -> None:
+    policy = _page_ladder_policy()
+    climb_kbps = RateControlConfig().up_factor * policy.floor(0)
+    assert _climbed_at(policy, 1.5 * climb_kbps, carried_kbps=climb_kbps) == pytest.approx(1.0)
+    assert policy.index == 0
+
+
+def test_ladder_waits_4_s_for_a_climb_only_the_rate_estimates() -> None:
+    # The rate runs ahead of what the rung's ceiling lets the encoder send: no proof.
+    policy = _page_ladder_policy()
+    climb_kbps = RateControlConfig().up_factor * policy.floor(0)
+    assert _climbed_at(policy, 1.5 * climb_kbps, carried_kbps=0.9 * climb_kbps) == pytest.approx(
+        4.0
+    )
+
+
+def _deep_congestion_run(rtt_ms: float, congested_kbps: float) -> StreamRun:
+    """The page's case: 640x480@15 on 600 kbit/s, congested for 5 s from t = 10 s."""
+    ladder = default_ladder(640, 480, 15)
+    schedule = [
+        (0.0, LinkConfig(rtt_ms, 0.6)),
+        (10.0, LinkConfig(rtt_ms, congested_kbps / 1000)),
+        (15.0, LinkConfig(rtt_ms, 0.6)),
+    ]
+    config = RateControlConfig(rtt_ms=rtt_ms, max_bitrate_kbps=ladder[0].max_kbps)
+    return run_stream(schedule, Target(300, 15, 640, 480), 40.0, config=config, ladder=ladder)
+
+
+@pytest.mark.parametrize(
+    ("rtt_ms", "congested_kbps", "back_within_s"),
+    [(150, 150, 8.0), (400, 150, 11.5), (400, 300, 6.5)],
+)
+def test_a_climb_opens_at_what_the_link_carried(
+    rtt_ms: float, congested_kbps: float, back_within_s: float
+) -> None:
+    # Before: each climb back opened at the rate the controller had extrapolated under the
+    # lower rung's ceiling, 696-798 kbit/s on this 600 kbit/s link, a queue to drain at once.
+    run = _deep_congestion_run(rtt_ms, congested_kbps)
+    after = [(t, target) for t, target in run.rung_changes() if t > 15.0]
+    assert all(target.bitrate_kbps <= 600 for _, target in after), after
+    # Back on the top rung sooner than with the 4 s hold alone (a deterministic simulation:
+    # 7.1, 10.9 and 5.9 s now; 9.3, 11.9 and 6.7 s before).
+    back = next(t for t, target in after if target.fps == 15) - 15.0
+    assert back < back_within_s, after
+
+
 def test_start_far_above_a_slow_link_jumps_down_once() -> None:
     run = run_stream(
         [(0.0, _link(0.3))],
@@ -239,6 +318,49 @@ def test_stalled_feedback_halves_the_rate() -> None:
     controller.handle_timer(1.5)
     assert controller.target().bitrate_kbps == 750  # once per timeout
     assert controller.get_timer() == pytest.approx(1.5 + RateControlConfig().tick_s)
+
+
+def _drain_through_a_stall(stall: tuple[float, float]) -> list[tuple[float, float, str]]:
+    """15 fps at the target's frame size into a FIFO link of 600 kbit/s, 150 from t = 1 s
+    to 4 s; Feedback every 100 ms of what arrived, none within ``stall`` (the server's
+    reports held up behind the queue). (t, target kbit/s, state) every 100 ms."""
+    controller = RateController(
+        RateControlConfig(rtt_ms=150),
+        start=Target(500, 15, 640, 480),
+        now=0.0,
+        ladder=[Rung(640, 480, 15, 50, 800)],
+    )
+    link_free = 0.0
+    in_flight: list[tuple[int, float]] = []
+    seq = 0
+    trace = []
+    for tick in range(1, 361):  # 12 s in 1/30 s steps; a frame every other step
+        now = tick / 30
+        if tick % 2 == 0:
+            size = round(controller.target().bitrate_kbps * 1000 / 8 / 15)
+            kbps = 150 if 1.0 <= now < 4.0 else 600
+            link_free = max(link_free, now) + size * 8 / (kbps * 1000)
+            controller.on_sent(seq, size, now)
+            in_flight.append((seq, link_free))
+            seq += 1
+        if tick % 3 == 0 and not stall[0] <= now < stall[1]:
+            arrived = [(s, round(t * 1e6)) for s, t in in_flight if t <= now]
+            in_flight = [(s, t) for s, t in in_flight if t > now]
+            controller.on_feedback(arrived, now)
+            trace.append((now, controller.target().bitrate_kbps, controller.aimd.state.value))
+        if controller.get_timer() <= now:
+            controller.handle_timer(now)
+    return trace
+
+
+def test_a_stall_during_a_drain_does_not_end_it_at_the_floor() -> None:
+    # Seen in Chromium (test_rate.py, 600 -> 150 kbit/s): a drain, Feedback stalled behind
+    # the queue, the stall's halving ended the drain, and the next drain took the floor
+    # as the rate to resume at: 50 kbit/s for 2 s after the queue was gone.
+    trace = _drain_through_a_stall(stall=(2.0, 3.5))
+    assert {"drain"} <= {state for _, _, state in trace}
+    resumed = next(kbps for t, kbps, state in trace if t > 4.0 and state != "drain")
+    assert resumed >= 100, trace
 
 
 def test_snapshot_has_the_timeline_fields() -> None:
