@@ -251,6 +251,14 @@ def test_controller_js_follows_the_python_controller(
     assert len({tuple(s[1:4]) for s in recorded[1]["states"]}) > 1  # the ladder moved too
 
 
+def test_controller_js_defaults_are_the_python_controllers(
+    chromium: cdp.ChromiumProcess, stub_detector: StubDetector
+) -> None:
+    # The replay above hands the port Python's settings; the page runs on its own.
+    defaults = asyncio.run(_run_in_page(chromium, stub_detector, "controller_defaults.js", None))
+    assert defaults == traces.config_js(RateControlConfig())
+
+
 def test_probe_js_measures_and_starts_as_the_python_probe(
     chromium: cdp.ChromiumProcess, stub_detector: StubDetector
 ) -> None:
