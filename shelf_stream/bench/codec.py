@@ -967,7 +967,19 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--roi-strength", type=float, metavar="S",
         help="the planner's strength (as shelf-stream send --roi-strength)",
     )  # fmt: skip
+    roi.add_argument(
+        "--roi-refresh-interval", type=_non_negative_float, metavar="S",
+        help="seconds between the planner's uniform refresh frames, 0 for none (default: "
+        "the planner's own)",
+    )  # fmt: skip
     return parser
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
 
 
 def _non_negative_int(text: str) -> int:

@@ -15,6 +15,8 @@ from shelf_stream.bench.curves import (
     Outside,
     Reading,
     largest_fall,
+    monotone,
+    monotone_rate_at,
     rate_at,
     ratios_for,
 )
@@ -35,6 +37,29 @@ def test_the_first_crossing_counts_after_a_dip() -> None:
     # 400 kbit/s measured worse than 200; 0.945 is first reached between 100 and 200.
     reading = rate_at(0.945, [100, 200, 400, 800], [0.90, 0.95, 0.94, 0.96])
     assert reading.kbps == pytest.approx(100 * 2**0.9)
+
+
+def test_the_monotone_fit_pools_each_dip_with_what_came_before() -> None:
+    assert monotone([0.90, 0.95, 0.94, 0.96]) == pytest.approx([0.90, 0.945, 0.945, 0.96])
+    # A dip below two earlier points pools all three.
+    assert monotone([0.5, 0.9, 0.8, 0.4, 1.0]) == pytest.approx([0.5, 0.7, 0.7, 0.7, 1.0])
+    assert monotone([0.1, 0.2, 0.2]) == [0.1, 0.2, 0.2]
+    assert monotone([]) == []
+
+
+def test_the_monotone_reading_does_not_let_one_lucky_point_decide() -> None:
+    # The raw curve first reaches 0.95 between 400 and 500 (0.959 there), then falls back
+    # to 0.94 at 630: on the fit 500 and 630 are both 0.9495, so 0.95 is first reached
+    # just above 630 (the people clip, uniform H.265, issue 19).
+    kbps, f1 = [310, 409, 508, 637, 804], [0.897, 0.929, 0.959, 0.940, 0.964]
+    assert rate_at(0.95, kbps, f1).kbps == pytest.approx(409 * (508 / 409) ** (21 / 30))
+    share = 0.0005 / 0.0145
+    assert monotone_rate_at(0.95, kbps, f1).kbps == pytest.approx(637 * (804 / 637) ** share)
+    # Order and missing values as rate_at; a curve that is monotone already reads the same.
+    assert monotone_rate_at(0.95, [400, 200, 100], [0.97, None, 0.90]) == rate_at(
+        0.95, [400, 100], [0.97, 0.90]
+    )
+    assert monotone_rate_at(0.99, [100, 200], [0.90, 0.92]) == Reading(None, Outside.ABOVE, 200.0)
 
 
 def test_a_target_above_the_curve_is_beyond_the_measured_range() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,23 @@ def test_the_default_delay_is_what_a_150_ms_round_trip_covers() -> None:
     assert roi_bench.delay_frames(10.0, None) == 2  # exactly 1.5
     assert roi_bench.delay_frames(12.5, None) == 2
     assert roi_bench.delay_frames(30.0, 0) == 0  # as asked
+
+
+def test_the_planner_settings_come_from_the_command_line() -> None:
+    parser = build_bench_parser()
+    default = roi_bench.roi_config(parser.parse_args(["codec", "--roi"]))
+    assert default.enabled and default.refresh_interval_s == 2.0 and default.strength == 0.2
+    args = parser.parse_args(
+        ["codec", "--roi", "--roi-strength", "0.3", "--roi-refresh-interval", "0"]
+    )
+    config = roi_bench.roi_config(args)
+    assert config.strength == 0.3 and config.refresh_interval_s == 0.0  # 0: never
+    assert "no refresh" in roi_bench.format_report(
+        {"inputs": [], "roi_config": dataclasses.asdict(config), "per_input": [],
+         "points": [], "roi": [], "runtime_s": 0.0}
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        parser.parse_args(["codec", "--roi", "--roi-refresh-interval", "-1"])
 
 
 def test_new_objects_are_tracks_that_begin_after_the_first_frame() -> None:
@@ -101,6 +119,7 @@ def test_readings_are_the_rates_at_equal_f1_and_what_each_curve_has_there() -> N
     assert first["uniform_kbps"] == pytest.approx(200.0)
     assert first["roi_kbps"] == pytest.approx(100.0)
     assert first["bytes_ratio"] == pytest.approx(2.0)
+    assert first["bytes_ratio_monotone"] == pytest.approx(2.0)  # monotone already
     assert first["new_object_recall_uniform"] == pytest.approx(0.90)
     assert first["new_object_recall_roi"] == pytest.approx(0.80)
     assert first["psnr_in_boxes_uniform"] == pytest.approx(38.0)
