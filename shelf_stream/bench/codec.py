@@ -20,7 +20,9 @@ kept), JPEG+zlib (the seed's recipe, ``codec.jpeg_zlib``) at every ``--jpeg-qual
 quality at the input's own size, as the seed sent it. The video encoders are what the
 client uses (``--encoder auto``: a hardware encoder that opens here, else libx265 /
 libx264) with the live stream's settings (the measured preset, zero latency, no
-B-frames, a keyframe every 2 s, VBV capped at the target). Frames encoded at another size
+B-frames, VBV capped at the target), except for a keyframe every 2 s (``EncoderConfig``'s
+default) where the live client makes one every 10 s and on request: on a short clip
+that leaves a few keyframes in the figures, not one. Frames encoded at another size
 are scaled there before the timing, as the client scales at capture; their boxes are
 mapped back to the input's pixels, and their PSNR and SSIM are taken after scaling the
 decoded frame back, so every figure compares with the same pristine frames.
