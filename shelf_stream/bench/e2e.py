@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from shelf_stream.bench.link import LinkConfig, LinkRelay, parse_link, parse_schedule, run_schedule
-from shelf_stream.bench.loopback import free_port, start_server
+from shelf_stream.bench.loopback import running_server
 from shelf_stream.bench.report import progress, publish
 from shelf_stream.bench.timeline import Run, analyse, plot
 from shelf_stream.cli import parse_size
@@ -112,10 +112,8 @@ def run_e2e_bench(args: argparse.Namespace) -> dict[str, Any]:
     width, height = args.size
     links: list[LinkConfig] = args.link or [parse_link(DEFAULT_LINK)]
     contenders = [BASELINE, Contender("hevc", "hevc", None, args.bitrate)]
-    port = free_port()
-    server = start_server(port, args.model, ["--codecs", "hevc,h264,jpeg_zlib"])
     runs = []
-    try:
+    with running_server(args.model, ["--codecs", "hevc,h264,jpeg_zlib"]) as port:
         for link in links:
             results = {}
             for contender in contenders:
@@ -123,9 +121,6 @@ def run_e2e_bench(args: argparse.Namespace) -> dict[str, Any]:
                 config = _client_config(args, contender, width, height)
                 results[contender.name] = asyncio.run(_run_through_link(port, link, config))
             runs.append(_compare(link, args.fps, results))
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
     return publish(format_report(runs), {"summary": runs[0], "links": runs}, args.json)
 
 
@@ -272,14 +267,9 @@ def run_scheduled_bench(args: argparse.Namespace) -> dict[str, Any]:
     name = _CODEC_NAMES[codec]
     contender = Contender(codec, codec, None, args.bitrate)
     config = replace(_client_config(args, contender, width, height), duration_s=duration)
-    port = free_port()
-    server = start_server(port, args.model)
-    try:
+    with running_server(args.model) as port:
         _progress(f"{name} for {duration:g} s over the schedule {_describe(schedule)}")
         run, summary = asyncio.run(_run_with_schedule(port, schedule, config, duration))
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
     figures = analyse(run)
     args.out.mkdir(parents=True, exist_ok=True)
     png = plot(
@@ -373,7 +363,6 @@ def format_schedule_report(figures: dict[str, Any], png: Path, codec_name: str =
 
 def run_roi_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Uniform against ROI H.265 over each link, same fixed bitrate: bytes, latency, F1."""
-    from shelf_stream.client.roi import RoiConfig
     from shelf_stream.errors import ConfigError
 
     if args.input is None:
@@ -382,31 +371,36 @@ def run_roi_bench(args: argparse.Namespace) -> dict[str, Any]:
     links: list[LinkConfig] = args.link or [parse_link(DEFAULT_LINK)]
     bitrate = args.bitrate or DEFAULT_ROI_BITRATE_KBPS
     truth = _PristineTruth(args.input, width, height, args.model)
-    port = free_port()
-    server = start_server(port, args.model, ["--codecs", "hevc"])
-    runs = []
     try:
-        for link in links:
-            results = {}
-            for name, enabled in (("uniform", False), ("roi", True)):
-                _progress(f"H.265 {name} at {bitrate} kbit/s over {link} for {args.duration:g} s")
-                config = replace(
-                    _client_config(args, Contender("hevc", "hevc", None, bitrate), width, height),
-                    probe=False,
-                    adaptation=AdaptationConfig(enabled=False),
-                    roi=replace(RoiConfig(), enabled=enabled),
-                )
-                records: list[FrameRecord] = []
-                summary = asyncio.run(_run_through_link(port, link, config, records.append))
-                results[name] = _roi_block(link, args.fps, summary, truth.score(records))
-            runs.append({"link": _link_json(link), "bitrate_kbps": bitrate, **results,
-                         "bytes_ratio": _ratio(results["uniform"]["bytes_per_frame"],
-                                               results["roi"]["bytes_per_frame"])})  # fmt: skip
+        with running_server(args.model, ["--codecs", "hevc"]) as port:
+            runs = [_roi_link_run(args, port, link, bitrate, truth) for link in links]
     finally:
-        server.terminate()
-        server.wait(timeout=15)
         truth.close()
     return publish(format_roi_report(runs), {"summary": runs[0], "links": runs}, args.json)
+
+
+def _roi_link_run(
+    args: argparse.Namespace, port: int, link: LinkConfig, bitrate: int, truth: _PristineTruth
+) -> dict[str, Any]:
+    """H.265 uniform, then with ROI, over ``link`` at ``bitrate``: one entry of the report."""
+    from shelf_stream.client.roi import RoiConfig
+
+    width, height = args.size
+    results = {}
+    for name, enabled in (("uniform", False), ("roi", True)):
+        _progress(f"H.265 {name} at {bitrate} kbit/s over {link} for {args.duration:g} s")
+        config = replace(
+            _client_config(args, Contender("hevc", "hevc", None, bitrate), width, height),
+            probe=False,
+            adaptation=AdaptationConfig(enabled=False),
+            roi=replace(RoiConfig(), enabled=enabled),
+        )
+        records: list[FrameRecord] = []
+        summary = asyncio.run(_run_through_link(port, link, config, records.append))
+        results[name] = _roi_block(link, args.fps, summary, truth.score(records))
+    return {"link": _link_json(link), "bitrate_kbps": bitrate, **results,
+            "bytes_ratio": _ratio(results["uniform"]["bytes_per_frame"],
+                                  results["roi"]["bytes_per_frame"])}  # fmt: skip
 
 
 def _link_json(link: LinkConfig) -> dict[str, float]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,20 @@ def start_server(
     process = subprocess.Popen(command + (extra or []), env=os.environ.copy())
     wait_for_port(port, process)
     return process
+
+
+@contextlib.contextmanager
+def running_server(
+    model: str | None, extra: list[str] | None = None, *, stop_timeout_s: float = 15.0
+) -> Iterator[int]:
+    """``start_server`` on a free port for the ``with`` block (its port), stopped after."""
+    port = free_port()
+    server = start_server(port, model, extra)
+    try:
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=stop_timeout_s)
 
 
 async def _sample_rss(pid: int, samples: list[float], period_s: float = 0.5) -> None:
