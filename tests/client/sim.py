@@ -210,7 +210,6 @@ class StreamRun:
     uplink: Uplink
     frames: list[FrameLog] = field(default_factory=list)
     samples: list[tuple[float, Target]] = field(default_factory=list)  # every 100 ms
-    snapshots: list[tuple[float, dict[str, object]]] = field(default_factory=list)  # with them
     published: list[tuple[float, Target]] = field(default_factory=list)  # encoder switches
     skipped: int = 0
     thinned: int = 0  # frames left out for a frame share below 1
@@ -360,7 +359,6 @@ def run_stream(
 
     def sample() -> None:
         run.samples.append((clock.now, run.controller.target()))
-        run.snapshots.append((clock.now, run.controller.snapshot()))
         clock.at(clock.now + 0.1, sample)
 
     for at, link in schedule[1:]:
